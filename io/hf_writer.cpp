@@ -77,6 +77,8 @@ void write_hf_dir(const std::string& dir, const nlohmann::json& config, const nl
     write_file_atomic((tmp / fs::path(f).filename()).string(), bytes, false);
   }
 
+  for (const auto& [name, bytes] : opts.extra_contents) write_file_atomic((tmp / name).string(), bytes, false);
+
   std::vector<TensorSpec> specs;
   std::uint64_t params = 0;
   for (const HfOutTensor& t : tensors) {

@@ -28,6 +28,7 @@ struct HfDirOptions {
   std::uint64_t max_shard_size = 5'000'000'000ull;  // save_pretrained's default "5GB"
   bool overwrite = false;
   std::vector<std::string> extra_files;             // copied into the directory (tokenizer files, ...)
+  std::vector<std::pair<std::string, std::string>> extra_contents;  // {file name, bytes} written as well
   std::optional<std::uint64_t> total_parameters;    // for the index; default: elements of all tensors
 };
 

@@ -37,6 +37,8 @@ void init_options(po::options_description& d);
 int init_run(JobContext& ctx);
 void convert_options(po::options_description& d);
 int convert_run(JobContext& ctx);
+void sft_options(po::options_description& d);
+int sft_run(JobContext& ctx);
 void generate_options(po::options_description& d);
 int generate_run(JobContext& ctx);
 void inspect_options(po::options_description& d);

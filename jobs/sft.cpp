@@ -1,0 +1,345 @@
+// `dgemma sft`: block-diffusion supervised fine-tuning (spec/training.md), read top to bottom:
+//   setup      model (an HF directory, or the built-in tiny preset), tokenizer, dataset, cursor,
+//              optimizer state (flat fp32 masters + moments, sharded over the ranks), resume
+//   each step  global batch from the cursor -> per micro-batch: layout, noise, global normalisers ->
+//              forward + hand-written backward (layers/train.h) -> reduce-scatter, clip, AdamW,
+//              all-gather -> log line + metrics JSONL -> checkpoint every N steps
+//   stop       SIGUSR1/SIGTERM agreed at a step boundary: checkpoint and exit 42 (requeue, --resume)
+//   end        final checkpoint and a Hugging Face export of the trained weights
+// Resuming from a checkpoint on the same mesh reproduces the losses bit for bit on the CPU backend:
+// all randomness is keyed by (seed, step, sample index), the cursor and the optimizer state are saved.
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <optional>
+#include <sstream>
+
+#include "app/exit_codes.h"
+#include "app/log.h"
+#include "io/atomic_file.h"
+#include "io/builtin.h"
+#include "io/checkpoint.h"
+#include "io/hf_config.h"
+#include "io/hf_model.h"
+#include "io/hf_writer.h"
+#include "io/presets.h"
+#include "io/sft_data.h"
+#include "jobs/jobs.h"
+#include "layers/init.h"
+#include "layers/noise.h"
+#include "layers/train.h"
+#include "optim/adamw.h"
+#include "optim/schedule.h"
+
+namespace dg {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+void sft_options(po::options_description& d) {
+  d.add_options()
+      ("model", po::value<std::string>()->value_name("DIR"), "HF model directory to fine-tune (default: the built-in tiny preset)")
+      ("preset", po::value<std::string>()->default_value("tiny"), "random model when --model is not given")
+      ("data", po::value<std::string>()->value_name("FILE"), "JSONL chat examples (default: the built-in arithmetic set)")
+      ("out", po::value<std::string>()->default_value("sft-run"), "run directory: checkpoints/, metrics.jsonl, hf-final/")
+      ("steps", po::value<int>()->default_value(200), "optimizer steps")
+      ("micro-batch", po::value<int>()->default_value(8), "examples per micro-batch per rank")
+      ("accumulation", po::value<int>()->default_value(1), "micro-batches per step")
+      ("seq-len", po::value<int>()->default_value(256), "max tokens per example (prompt + response + EOS fill)")
+      ("lr", po::value<double>()->default_value(3e-3), "peak learning rate")
+      ("min-lr", po::value<double>()->default_value(3e-4), "final learning rate of the cosine decay")
+      ("warmup", po::value<int>()->default_value(20), "linear warmup steps")
+      ("weight-decay", po::value<double>()->default_value(1e-4), "AdamW weight decay")
+      ("beta1", po::value<double>()->default_value(0.95), "AdamW beta1")
+      ("beta2", po::value<double>()->default_value(0.99), "AdamW beta2")
+      ("grad-clip", po::value<double>()->default_value(1.0), "global gradient-norm clip")
+      ("ar-weight", po::value<double>()->default_value(1.0), "weight of the encoder AR loss")
+      ("seed", po::value<std::uint64_t>()->default_value(42), "seed of data order, noise and init")
+      ("checkpoint-every", po::value<int>()->default_value(100), "steps between checkpoints (0: only at the end)")
+      ("resume", po::bool_switch(), "continue from OUT/checkpoints/latest")
+      ("export", po::value<bool>()->default_value(true), "write OUT/hf-final at the end")
+      ("export-dtype", po::value<std::string>()->default_value("bf16"), "dtype of the exported weights: bf16 or f32")
+      ("stop-after", po::value<int>()->default_value(0), "testing: behave as if signalled after this many steps");
+}
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+struct Run {
+  ModelConfig config;
+  json config_json, generation_json;
+  ModelWeights weights;
+  std::optional<Tokenizer> tokenizer;  // always set by load_run_model
+  std::string tokenizer_dir;  // copied into the export; empty: the built-in tokenizer
+};
+
+Run load_run_model(const JobContext& ctx) {
+  Run r{};
+  if (ctx.vm.count("model")) {
+    const std::string dir = ctx.vm["model"].as<std::string>();
+    HfModel m = load_hf_model(dir);
+    r.config = m.config;
+    r.config_json = m.config_json;
+    r.generation_json = m.generation_config_json.is_null() ? default_generation_config(m.config_json) : m.generation_config_json;
+    r.weights = std::move(m.weights);
+    r.tokenizer = Tokenizer::load(dir);
+    r.tokenizer_dir = dir;
+    return r;
+  }
+  r.config_json = preset_config(ctx.vm["preset"].as<std::string>());
+  r.config = parse_model_config(r.config_json, "preset " + ctx.vm["preset"].as<std::string>());
+  r.generation_json = default_generation_config(r.config_json);
+  r.weights = allocate_model(r.config);
+  const std::uint64_t seed = ctx.vm["seed"].as<std::uint64_t>();
+  std::uint64_t index = 0;
+  for (const NamedTensor& t : model_tensors(r.config, r.weights))
+    init_parameter(t.name, seed, index++, 0.02f, 0, t.tensor.numel(), t.tensor.data<float>());
+  r.tokenizer = builtin_tokenizer();
+  return r;
+}
+
+void save_checkpoint(Comm& world, const std::string& dir, std::int64_t step, const Run& run, const FlatParams& flat,
+                     const SftCursor& cursor, const json& train_section) {
+  CheckpointWriterOptions opts;
+  opts.overwrite = true;  // a resumed run may save a step again
+  CheckpointWriter w(world, dir, step, opts);
+  if (world.rank() == 0)  // every rank holds the parameters: replica 0 writes them
+    for (const NamedTensor& t : model_tensors(run.config, run.weights)) w.add(checkpoint_key("param", t.name), t.tensor.clone());
+  for (const StateSlice& s : flat.state_slices()) {
+    const Slice slice = Slice::range(s.begin, s.end);
+    w.add(checkpoint_key("master", s.name), s.shape, slice, s.master);
+    w.add(checkpoint_key("exp_avg", s.name), s.shape, slice, s.exp_avg);
+    w.add(checkpoint_key("exp_avg_sq", s.name), s.shape, slice, s.exp_avg_sq);
+  }
+  w.set_section("hf_config", run.config_json);
+  w.set_section("hf_generation_config", run.generation_json);
+  json train = train_section;
+  train["step"] = step;
+  train["optimizer_step"] = flat.step();
+  train["cursor"] = cursor.state();
+  w.set_section("train", train);
+  const std::string done = w.commit();
+  log::info("sft: checkpoint {}", done);
+}
+
+void load_checkpoint(const std::string& dir, Run& run, FlatParams& flat, SftCursor& cursor, std::int64_t& step) {
+  CheckpointReader r = CheckpointReader::open(dir);
+  for (const NamedTensor& t : model_tensors(run.config, run.weights)) {
+    const std::string key = checkpoint_key("param", t.name);
+    r.expect(key, t.tensor.shape(), DType::F32);
+    Tensor dst = t.tensor;
+    r.read(key, Slice::whole(t.tensor.shape()), dst);
+  }
+  for (const StateSlice& s : flat.state_slices()) {
+    const Slice slice = Slice::range(s.begin, s.end);
+    Tensor m = s.master, a = s.exp_avg, v = s.exp_avg_sq;
+    r.read(checkpoint_key("master", s.name), slice, m);
+    r.read(checkpoint_key("exp_avg", s.name), slice, a);
+    r.read(checkpoint_key("exp_avg_sq", s.name), slice, v);
+  }
+  const json& train = r.section("train");
+  step = train.at("step").get<std::int64_t>();
+  flat.set_step(train.at("optimizer_step").get<std::int64_t>());
+  cursor.restore(train.at("cursor"));
+  log::info("sft: resumed from {} at step {}", r.dir(), step);
+}
+
+Tensor i32_tensor(Shape s, const std::vector<std::int32_t>& v) { return Tensor::from_i32(std::move(s), v); }
+Tensor f32_from_u8(Shape s, const std::vector<std::uint8_t>& v) {
+  std::vector<float> f(v.begin(), v.end());
+  return Tensor::from(std::move(s), f);
+}
+
+}  // namespace
+
+int sft_run(JobContext& ctx) {
+  const auto& vm = ctx.vm;
+  Comm& world = *ctx.rt.world;
+  for (const char* o : {"steps", "micro-batch", "accumulation", "seq-len", "warmup"})
+    if (vm[o].as<int>() <= 0 && std::string(o) != "warmup") fail_config("sft: --{} must be positive", o);
+  const int steps = vm["steps"].as<int>();
+  const fs::path out = vm["out"].as<std::string>(), ckpt_dir = out / "checkpoints", metrics_path = out / "metrics.jsonl";
+  const bool resume = vm["resume"].as<bool>();
+  if (!resume && fs::exists(ckpt_dir) && latest_checkpoint_step(ckpt_dir.string()))
+    fail_config("{} already holds checkpoints: pass --resume to continue, or choose another --out", ckpt_dir.string());
+
+  Run run = load_run_model(ctx);
+  const ModelConfig& c = run.config;
+  SftDataOptions dopt;
+  dopt.max_seq_len = vm["seq-len"].as<int>();
+  dopt.canvas_length = c.canvas_length;
+  dopt.pad_id = c.pad_token_id;
+  dopt.eos_fill_id = run.tokenizer_dir.empty() ? c.eos_token_ids.front() : resolve_eos_fill_id(run.tokenizer_dir, *run.tokenizer);
+  SftDataset data;
+  if (vm.count("data")) {
+    data = load_sft_dataset(vm["data"].as<std::string>(), *run.tokenizer, dopt);
+  } else {
+    std::istringstream in(builtin_sft_dataset());
+    data = read_sft_dataset(in, "<built-in arithmetic dataset>", *run.tokenizer, dopt);
+  }
+  log::info("sft: model {}", c.summary());
+  log::info("sft: data {}", data.stats.summary());
+  if (data.stats.max_token_id >= c.vocab_size)
+    fail_config("sft: the tokenizer produces id {} but the model's vocabulary has {}", data.stats.max_token_id, c.vocab_size);
+
+  SftBatchShape shape;
+  shape.micro_batch = vm["micro-batch"].as<int>();
+  shape.accumulation = vm["accumulation"].as<int>();
+  shape.dp = world.size();
+  const std::uint64_t seed = vm["seed"].as<std::uint64_t>();
+  SftCursor cursor(static_cast<std::int64_t>(data.examples.size()), seed, shape.global_batch(), data.fingerprint);
+
+  ModelGrads grads = allocate_grads(c);
+  std::vector<ParamEntry> entries;
+  {
+    const auto ps = model_tensors(c, run.weights), gs = model_tensors(c, grads);
+    for (std::size_t i = 0; i < ps.size(); ++i) entries.push_back({ps[i].name, ps[i].tensor, gs[i].tensor, sft_trainable(ps[i].name), true});
+  }
+  FlatParams flat(entries, world);
+  flat.load_masters();
+  AdamWOptions adam;
+  adam.beta1 = vm["beta1"].as<double>();
+  adam.beta2 = vm["beta2"].as<double>();
+  adam.weight_decay = vm["weight-decay"].as<double>();
+  adam.max_grad_norm = vm["grad-clip"].as<double>();
+  validate(adam);
+  LrSchedule sched;
+  sched.max_lr = vm["lr"].as<double>();
+  sched.min_lr = vm["min-lr"].as<double>();
+  sched.warmup_steps = vm["warmup"].as<int>();
+  sched.decay_steps = steps;
+  validate(sched);
+  NoiseOptions nopt;
+  nopt.seed = seed;
+  nopt.vocab_size = c.vocab_size;
+  nopt.canvas_length = c.canvas_length;
+  SftLossScale lscale;
+  lscale.ar_weight = vm["ar-weight"].as<double>();
+
+  std::int64_t step = 0;
+  if (resume) {
+    if (!latest_checkpoint_step(ckpt_dir.string())) fail_config("sft: --resume but {} holds no checkpoint", ckpt_dir.string());
+    load_checkpoint(ckpt_dir.string(), run, flat, cursor, step);
+    flat.publish();
+  }
+  if (world.rank() == 0) {
+    fs::create_directories(out);
+    write_file_atomic((out / "config.ini").string(), ctx.resolved_config, true);
+    // Metrics of steps after the checkpoint we resumed from are redone: drop them.
+    std::string kept;
+    if (std::ifstream in(metrics_path); in) {
+      for (std::string line; std::getline(in, line);) {
+        try {
+          if (json::parse(line).at("step").get<std::int64_t>() <= step) kept += line + "\n";
+        } catch (const std::exception&) {
+        }
+      }
+    }
+    write_file_atomic(metrics_path.string(), kept, true);
+  }
+  std::ofstream metrics;
+  if (world.rank() == 0) metrics.open(metrics_path, std::ios::app);
+  const json train_section = {{"seed", seed}, {"micro_batch", shape.micro_batch}, {"accumulation", shape.accumulation},
+                              {"world_size", world.size()}, {"steps", steps}};
+  log::info("sft: {} examples, global batch {} ({} x {} x {} ranks), {} steps, {} trainable parameters", data.examples.size(),
+            shape.global_batch(), shape.micro_batch, shape.accumulation, shape.dp, steps, flat.numel());
+
+  const auto t0 = Clock::now();
+  const int every = vm["checkpoint-every"].as<int>(), stop_after = vm["stop-after"].as<int>();
+  int steps_this_run = 0;
+  while (step < steps) {
+    const std::vector<std::int64_t> global = cursor.next_global_batch();
+    // Lay out and noise every micro-batch first: the loss normalisers are global token counts.
+    std::vector<SftMicroBatch> mbs;
+    std::vector<NoisedCanvas> noised;
+    std::int64_t counts[2] = {0, 0};
+    for (int m = 0; m < shape.accumulation; ++m) {
+      const std::vector<std::int64_t> samples = shape.sample_indices(world.rank(), m);
+      std::vector<std::int64_t> examples;
+      for (std::int64_t k : samples) examples.push_back(global[static_cast<std::size_t>(k)]);
+      mbs.push_back(assemble_micro_batch(data, examples, samples, dopt));
+      const SftMicroBatch& mb = mbs.back();
+      noised.push_back(noise_canvas({mb.B, mb.R, mb.canvas_target, mb.canvas_len, mb.sample_index}, step, nopt));
+      counts[0] += noised.back().diffusion_tokens;
+      counts[1] += mb.ar_pairs;
+    }
+    world.all_reduce(counts, counts, 2, DType::I64, ReduceOp::Sum);
+
+    zero_grads(c, grads);
+    StepLosses total;
+    for (int m = 0; m < shape.accumulation; ++m) {
+      const SftMicroBatch& mb = mbs[static_cast<std::size_t>(m)];
+      const NoisedCanvas& nz = noised[static_cast<std::size_t>(m)];
+      SftBatch b;
+      b.clean = i32_tensor({mb.B, mb.S}, mb.input_ids);
+      b.clean_valid = i32_tensor({mb.B, mb.S}, std::vector<std::int32_t>(mb.attention.begin(), mb.attention.end()));
+      b.canvas = i32_tensor({mb.B, mb.R}, nz.canvas_ids);
+      b.prompt_len.assign(mb.prompt_len.begin(), mb.prompt_len.end());
+      b.canvas_len.assign(mb.canvas_len.begin(), mb.canvas_len.end());
+      b.diff_targets = i32_tensor({mb.B, mb.R}, nz.target_ids);
+      b.diff_mask = f32_from_u8({mb.B, mb.R}, nz.loss_mask);
+      b.ar_targets = Tensor::empty({mb.B, mb.S}, DType::I32);
+      b.ar_mask = Tensor::empty({mb.B, mb.S}, DType::F32);
+      sft_ar_targets(b.clean, b.clean_valid, b.ar_targets, b.ar_mask);
+      b.sc_coin = nz.self_cond;
+      b.n_diff = std::max<double>(1.0, static_cast<double>(counts[0]));
+      b.n_ar = std::max<double>(1.0, static_cast<double>(counts[1]));
+      const StepLosses l = sft_forward_backward(c, run.weights, b, grads, lscale);
+      total.diffusion += l.diffusion;
+      total.ar += l.ar;
+      total.total += l.total;
+    }
+    float sums[3] = {static_cast<float>(total.diffusion), static_cast<float>(total.ar), static_cast<float>(total.total)};
+    world.all_reduce(sums, sums, 3, DType::F32, ReduceOp::Sum);  // each rank holds its share of the global means
+    const double lr = learning_rate(sched, step);
+    FlatParams* units[] = {&flat};
+    const StepStats st = optimizer_step(world, units, adam, lr);
+    ++step;
+    ++steps_this_run;
+
+    const double elapsed = std::chrono::duration<double>(Clock::now() - t0).count();
+    const double tokens_per_s = static_cast<double>(counts[0] + counts[1]) * steps_this_run / std::max(elapsed, 1e-9);
+    const double eta = elapsed / steps_this_run * (steps - step);
+    log::info("step {:>5}/{} | loss {:.4f} (diffusion {:.4f}, ar {:.4f}) | grad norm {:.3f} | lr {:.2e} | {:.0f} tok/s | ETA {:.0f} s",
+              step, steps, sums[2], sums[0], sums[1], st.grad_norm, lr, tokens_per_s, eta);
+    if (world.rank() == 0) {
+      metrics << json{{"step", step}, {"loss", sums[2]}, {"diffusion_loss", sums[0]}, {"ar_loss", sums[1]},
+                      {"grad_norm", st.grad_norm}, {"clip_coef", st.clip_coef}, {"lr", lr},
+                      {"diffusion_tokens", counts[0]}, {"ar_tokens", counts[1]}, {"elapsed_s", elapsed}}
+                     .dump()
+              << '\n';
+      metrics.flush();
+    }
+    const bool stop = ctx.rt.stop_requested() || (stop_after > 0 && steps_this_run >= stop_after);
+    if (stop || step == steps || (every > 0 && step % every == 0))
+      save_checkpoint(world, ckpt_dir.string(), step, run, flat, cursor, train_section);
+    if (stop && step < steps) {
+      log::info("sft: stopped at step {} after checkpointing; rerun with --resume to continue (exit {})", step,
+                static_cast<int>(kExitStoppedOnSignal));
+      return kExitStoppedOnSignal;
+    }
+  }
+  if (vm["export"].as<bool>() && world.rank() == 0) {
+    const std::string dt = vm["export-dtype"].as<std::string>();
+    if (dt != "bf16" && dt != "f32") fail_config("sft: --export-dtype must be bf16 or f32");
+    json cfg = run.config_json;
+    cfg["dtype"] = dt == "bf16" ? "bfloat16" : "float32";
+    HfDirOptions hopts;
+    hopts.overwrite = true;
+    if (!run.tokenizer_dir.empty())
+      for (const char* f : {"tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json"})
+        if (fs::exists(fs::path(run.tokenizer_dir) / f)) hopts.extra_files.push_back((fs::path(run.tokenizer_dir) / f).string());
+    const fs::path dir = out / "hf-final";
+    if (run.tokenizer_dir.empty())
+      hopts.extra_contents = {{"tokenizer.json", std::string(builtin::tokenizer_json())},
+                              {"tokenizer_config.json", std::string(builtin::tokenizer_config_json())},
+                              {"chat_template.jinja", std::string(builtin::chat_template_jinja())}};
+    write_hf_dir(dir.string(), cfg, &run.generation_json, hf_tensors_of(c, run.weights, dt == "bf16" ? DType::BF16 : DType::F32), hopts);
+    log::info("sft: exported {}", dir.string());
+  }
+  world.barrier();
+  return 0;
+}
+
+}  // namespace dg
