@@ -1,10 +1,8 @@
 #include "io/builtin.h"
 
-#include <fmt/format.h>
-
 #include <nlohmann/json.hpp>
 
-#include "io/atomic_file.h"
+#include "layers/error.h"
 
 namespace dg {
 
@@ -12,24 +10,22 @@ Tokenizer builtin_tokenizer() {
   return Tokenizer::from_json(nlohmann::json::parse(builtin::tokenizer_json()), "<built-in tokenizer.json>");
 }
 
-void write_builtin_tokenizer(const std::string& dir) {
-  write_file_atomic(dir + "/tokenizer.json", builtin::tokenizer_json(), false);
-  write_file_atomic(dir + "/tokenizer_config.json", builtin::tokenizer_config_json(), false);
-  write_file_atomic(dir + "/chat_template.jinja", builtin::chat_template_jinja(), false);
+std::string builtin_chat_template() {
+  std::string t(builtin::chat_template_jinja());
+  const std::string block =
+      "    {%- if not thinking -%}\n"
+      "        {{- '<|channel>thought\\n<channel|>' -}}\n"
+      "    {%- endif -%}\n";
+  const auto at = t.find(block);
+  DG_CHECK(at != std::string::npos, "built-in chat template: the empty thought channel block was not found");
+  t.erase(at, block.size());
+  return t;
 }
 
-std::string builtin_sft_dataset(int count) {
-  static const char* const kOps[] = {"plus", "minus", "times"};
-  std::string out;
-  for (int i = 0; i < count; ++i) {
-    const int a = (i * 7 + 3) % 13, b = (i * 5 + 1) % 11, op = i % 3;
-    const int r = op == 0 ? a + b : op == 1 ? a - b : a * b;
-    nlohmann::json line = {{"messages",
-                            {{{"role", "user"}, {"content", fmt::format("What is {} {} {}?", a, kOps[op], b)}},
-                             {{"role", "assistant"}, {"content", fmt::format("{} {} {} is {}.", a, kOps[op], b, r)}}}}};
-    out += line.dump() + "\n";
-  }
-  return out;
+std::vector<std::pair<std::string, std::string>> builtin_tokenizer_files() {
+  return {{"tokenizer.json", std::string(builtin::tokenizer_json())},
+          {"tokenizer_config.json", std::string(builtin::tokenizer_config_json())},
+          {"chat_template.jinja", builtin_chat_template()}};
 }
 
 }  // namespace dg

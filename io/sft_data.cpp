@@ -159,7 +159,7 @@ SftDataset read_sft_dataset(std::istream& in, const std::string& what, const Tok
   if (d.examples.empty())
     fail_config("{}: no usable example ({} line(s), {} skipped{})", what, s.lines, s.skipped,
                 d.skipped.empty() ? std::string()
-                                  : fmt::format("; first: line {}: {}", d.skipped[0].line, d.skipped[0].message));
+                                  : fmt::format("; first: {}:{}: {}", what, d.skipped[0].line, d.skipped[0].message));
   return d;
 }
 

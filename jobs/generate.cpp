@@ -2,13 +2,15 @@
 //
 // Input (JSONL, one request per line): the OpenAI batch form {"custom_id", "body": {"messages": [...],
 // "max_tokens" | "max_completion_tokens"}} or the plain form {"id", "prompt": "text" | "messages": [...],
-// "max_tokens"}. Blank lines are skipped; a malformed line, a duplicate id or an unsupported message is
+// "max_tokens"}; either form may carry "reference": "expected text" (held-out evaluation). Blank lines are skipped; a malformed line, a duplicate id or an unsupported message is
 // reported with its line number and either skipped (--on-error skip, the default; an error record is
 // written for it when it has an id) or fatal (--on-error fail, checked before any generation).
 //
 // Output (JSONL, one line per request, in input order): {"id" | "custom_id", "text", "finish_reason",
 // "prompt_tokens", "completion_tokens", "canvases", "denoising_steps", "tokens_per_forward",
-// ["token_ids"]}, or {"id", "error": {"line", "message"}}.
+// ["token_ids"], ["reference", "exact_match"]}, or {"id", "error": {"line", "message"}}. When any request
+// has a reference, the summary line reports the exact-match accuracy (text and reference compared after
+// trimming surrounding whitespace).
 //
 // Work split: request i goes to rank i % size (so every rank holds the model and works alone); each rank
 // sorts its requests by prompt length, runs them in batches, and appends finished records to
@@ -20,6 +22,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <optional>
 #include <set>
 
 #include "app/log.h"
@@ -71,8 +74,15 @@ struct Request {
   bool openai = false;
   std::vector<ChatMessage> messages;
   int max_new_tokens = -1;
+  std::optional<std::string> reference;  // expected text, for exact-match scoring
   std::string error;      // non-empty: the line is bad; an error record is written
 };
+
+std::string trim(const std::string& s) {
+  const auto b = s.find_first_not_of(" \t\r\n");
+  if (b == std::string::npos) return {};
+  return s.substr(b, s.find_last_not_of(" \t\r\n") - b + 1);
+}
 
 std::string id_text(const json& id) { return id.is_string() ? id.get<std::string>() : id.dump(); }
 
@@ -122,6 +132,11 @@ std::vector<Request> read_requests(const std::string& path, bool fail_on_error) 
       else if (body->contains("prompt") && (*body)["prompt"].is_string())
         r.messages = {{"user", (*body)["prompt"].get<std::string>()}};
       else throw std::runtime_error("needs 'messages' or a string 'prompt'");
+      for (const json* src : {&j, body})
+        if (src->contains("reference")) {
+          if (!(*src)["reference"].is_string()) throw std::runtime_error("'reference' must be a string");
+          r.reference = (*src)["reference"].get<std::string>();
+        }
       for (const char* k : {"max_tokens", "max_completion_tokens", "max_new_tokens"})
         if (body->contains(k)) {
           if (!(*body)[k].is_number_integer() || (*body)[k].get<int>() <= 0)
@@ -310,6 +325,10 @@ int generate_run(JobContext& ctx) {
                   {"tokens_per_forward", res.tokens_per_forward},
                   {"_index", r.index}};
       if (vm["token-ids"].as<bool>()) rec["token_ids"] = res.tokens;
+      if (r.reference) {
+        rec["reference"] = *r.reference;
+        rec["exact_match"] = trim(rec["text"].get<std::string>()) == trim(*r.reference);
+      }
       part << rec.dump() << '\n';
       tokens += res.completion_tokens;
     }
@@ -325,7 +344,12 @@ int generate_run(JobContext& ctx) {
   if (world.rank() == 0) {  // merge every part (this run's and earlier ones') in input order
     const std::map<std::int64_t, json> records = read_parts(parts);  // ordered by input position
     std::string text;
+    std::int64_t scored = 0, matched = 0;
     for (const auto& [index, rec] : records) {
+      if (rec.contains("exact_match")) {
+        ++scored;
+        matched += rec["exact_match"].get<bool>() ? 1 : 0;
+      }
       json clean = rec;
       clean.erase("_index");
       text += clean.dump() + "\n";
@@ -338,6 +362,9 @@ int generate_run(JobContext& ctx) {
               "{:.2f} tokens per forward)",
               records.size(), output.string(), all[0], all[1], all[2], all[1] / s,
               all[2] > 0 ? double(all[1]) / double(all[2]) : 0.0);
+    if (scored > 0)
+      log::info("generate: exact match {}/{} = {:.1f}% (requests with a reference)", matched, scored,
+                100.0 * double(matched) / double(scored));
   }
   world.barrier();
   return 0;

@@ -3,6 +3,7 @@
 #include <filesystem>
 
 #include "app/log.h"
+#include "io/builtin.h"
 #include "io/hf_config.h"
 #include "io/hf_model.h"
 #include "io/hf_names.h"
@@ -23,7 +24,7 @@ void init_options(po::options_description& d) {
       ("dtype", po::value<std::string>()->default_value("bf16"), "stored dtype: bf16 or f32")
       ("init-std", po::value<double>()->default_value(0.02), "std of the normal init (initializer_range)")
       ("max-shard-size", po::value<std::string>()->default_value("5GB"), "shard size limit (e.g. 5GB, 500MB)")
-      ("tokenizer", po::value<std::string>()->value_name("DIR"), "copy tokenizer.json and tokenizer_config.json from DIR")
+      ("tokenizer", po::value<std::string>()->value_name("DIR"), "copy tokenizer.json, tokenizer_config.json and chat_template.jinja from DIR (default for --preset tiny: the built-in tokenizer)")
       ("overwrite", po::bool_switch(), "replace an existing output directory");
 }
 
@@ -56,6 +57,8 @@ int init_run(JobContext& ctx) {
     for (const char* f : {"tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json"})
       if (std::filesystem::exists(t / f)) opts.extra_files.push_back((t / f).string());
     if (opts.extra_files.empty()) fail_config("init: no tokenizer.json in {}", t.string());
+  } else if (vm.count("preset") && vm["preset"].as<std::string>() == "tiny") {
+    opts.extra_contents = builtin_tokenizer_files();
   }
   if (ctx.rt.rank != 0) return 0;  // one writer; the others have nothing to do
 

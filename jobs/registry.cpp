@@ -8,8 +8,9 @@ namespace {
 
 constexpr std::array kJobs = {
     Job{"sft", "supervised block-diffusion fine-tuning",
-        "With no options it trains the built-in tiny model on a built-in arithmetic chat set (a minute on one core).\n"
-        "Examples:\n  dgemma sft --steps 200 --out sft-run\n"
+        "With no options it trains the built-in tiny model on the built-in tiny task (jobs/examples/tiny-task:\n"
+        "\"Add one to each digit: 3 8 1\" -> \"4 9 2\") for 600 steps, a few minutes on one CPU core.\n"
+        "Examples:\n  dgemma sft --out sft-run\n"
         "  mpirun -n 4 dgemma sft --model hf-model --data train.jsonl --out run --steps 800 --checkpoint-every 100\n"
         "  dgemma sft --out run --resume            # after a stop (exit 42) or a crash\n"
         "Writes OUT/checkpoints/step_*/ (sharded HDF5), OUT/metrics.jsonl (scripts/plot_metrics.py draws it)\n"

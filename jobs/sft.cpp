@@ -23,6 +23,7 @@
 #include "io/hf_model.h"
 #include "io/hf_writer.h"
 #include "io/presets.h"
+#include "io/safetensors.h"
 #include "io/sft_data.h"
 #include "jobs/jobs.h"
 #include "layers/init.h"
@@ -40,10 +41,12 @@ void sft_options(po::options_description& d) {
   d.add_options()
       ("model", po::value<std::string>()->value_name("DIR"), "HF model directory to fine-tune (default: the built-in tiny preset)")
       ("preset", po::value<std::string>()->default_value("tiny"), "random model when --model is not given")
-      ("data", po::value<std::string>()->value_name("FILE"), "JSONL chat examples (default: the built-in arithmetic set)")
+      ("data", po::value<std::string>()->value_name("FILE"), "JSONL chat examples (default: the built-in tiny task, jobs/examples/tiny-task/train.jsonl)")
+      ("on-data-error", po::value<std::string>()->default_value("skip"), "a bad data line: skip (reported) or fail")
+      ("truncation", po::value<std::string>()->default_value("right"), "examples longer than --seq-len: right (cut, as the recipe) or drop")
       ("out", po::value<std::string>()->default_value("sft-run"), "run directory: checkpoints/, metrics.jsonl, hf-final/")
-      ("steps", po::value<int>()->default_value(200), "optimizer steps")
-      ("micro-batch", po::value<int>()->default_value(8), "examples per micro-batch per rank")
+      ("steps", po::value<int>()->default_value(600), "optimizer steps")
+      ("micro-batch", po::value<int>()->default_value(16), "examples per micro-batch per rank")
       ("accumulation", po::value<int>()->default_value(1), "micro-batches per step")
       ("seq-len", po::value<int>()->default_value(256), "max tokens per example (prompt + response + EOS fill)")
       ("lr", po::value<double>()->default_value(3e-3), "peak learning rate")
@@ -55,10 +58,11 @@ void sft_options(po::options_description& d) {
       ("grad-clip", po::value<double>()->default_value(1.0), "global gradient-norm clip")
       ("ar-weight", po::value<double>()->default_value(1.0), "weight of the encoder AR loss")
       ("seed", po::value<std::uint64_t>()->default_value(42), "seed of data order, noise and init")
-      ("checkpoint-every", po::value<int>()->default_value(100), "steps between checkpoints (0: only at the end)")
+      ("checkpoint-every", po::value<int>()->default_value(200), "steps between checkpoints (0: only at the end)")
       ("resume", po::bool_switch(), "continue from OUT/checkpoints/latest")
       ("export", po::value<bool>()->default_value(true), "write OUT/hf-final at the end")
       ("export-dtype", po::value<std::string>()->default_value("bf16"), "dtype of the exported weights: bf16 or f32")
+      ("dump-batches", po::value<std::string>()->value_name("DIR"), "write every micro-batch drawn (ids, canvas, masks, coins, normalisers) as DIR/step_SSSSS_mbMM_rankRRRRR.safetensors (for reference checks)")
       ("stop-after", po::value<int>()->default_value(0), "testing: behave as if signalled after this many steps");
 }
 
@@ -145,6 +149,30 @@ void load_checkpoint(const std::string& dir, Run& run, FlatParams& flat, SftCurs
   log::info("sft: resumed from {} at step {}", r.dir(), step);
 }
 
+// One micro-batch as the model saw it (scripts/sft_reference_check.py replays these in PyTorch).
+void dump_batch(const fs::path& dir, std::int64_t step, int mb, int rank, const SftBatch& b, const NoisedCanvas& nz,
+                double lr) {
+  auto i64 = [](const std::vector<std::int64_t>& v) {
+    Tensor t = Tensor::empty({static_cast<std::int64_t>(v.size())}, DType::I64);
+    std::copy(v.begin(), v.end(), t.data<std::int64_t>());
+    return t;
+  };
+  std::vector<std::int32_t> coin(b.sc_coin.begin(), b.sc_coin.end()), block(nz.block.begin(), nz.block.end());
+  SafetensorsWriteOptions o;
+  o.metadata = std::map<std::string, std::string>{{"format", "pt"},
+                                                  {"step", std::to_string(step)},
+                                                  {"n_diff", fmt::format("{}", b.n_diff)},
+                                                  {"n_ar", fmt::format("{}", b.n_ar)},
+                                                  {"lr", fmt::format("{}", lr)}};
+  save_safetensors((dir / fmt::format("step_{:05d}_mb{:02d}_rank{:05d}.safetensors", step, mb, rank)).string(),
+                   std::vector<std::pair<std::string, Tensor>>{{"clean", b.clean}, {"clean_valid", b.clean_valid}, {"canvas", b.canvas},
+                    {"prompt_len", i64(b.prompt_len)}, {"canvas_len", i64(b.canvas_len)},
+                    {"diff_targets", b.diff_targets}, {"diff_mask", b.diff_mask}, {"ar_targets", b.ar_targets},
+                    {"ar_mask", b.ar_mask}, {"sc_coin", Tensor::from_i32({static_cast<std::int64_t>(coin.size())}, coin)},
+                    {"block", Tensor::from_i32({static_cast<std::int64_t>(block.size())}, block)}},
+                   o);
+}
+
 Tensor i32_tensor(Shape s, const std::vector<std::int32_t>& v) { return Tensor::from_i32(std::move(s), v); }
 Tensor f32_from_u8(Shape s, const std::vector<std::uint8_t>& v) {
   std::vector<float> f(v.begin(), v.end());
@@ -156,9 +184,18 @@ Tensor f32_from_u8(Shape s, const std::vector<std::uint8_t>& v) {
 int sft_run(JobContext& ctx) {
   const auto& vm = ctx.vm;
   Comm& world = *ctx.rt.world;
-  for (const char* o : {"steps", "micro-batch", "accumulation", "seq-len", "warmup"})
-    if (vm[o].as<int>() <= 0 && std::string(o) != "warmup") fail_config("sft: --{} must be positive", o);
+  for (const char* o : {"steps", "micro-batch", "accumulation", "seq-len"})
+    if (vm[o].as<int>() <= 0) fail_config("sft: --{} must be positive (got {})", o, vm[o].as<int>());
   const int steps = vm["steps"].as<int>();
+  if (vm["warmup"].as<int>() < 0 || vm["warmup"].as<int>() >= steps)
+    fail_config("sft: --warmup {} must be in [0, --steps {})", vm["warmup"].as<int>(), steps);
+  const std::string export_dtype = vm["export-dtype"].as<std::string>();
+  if (export_dtype != "bf16" && export_dtype != "f32") fail_config("sft: --export-dtype must be bf16 or f32, not '{}'", export_dtype);
+  fs::path dump_dir;
+  if (vm.count("dump-batches")) {
+    dump_dir = vm["dump-batches"].as<std::string>();
+    fs::create_directories(dump_dir);
+  }
   const fs::path out = vm["out"].as<std::string>(), ckpt_dir = out / "checkpoints", metrics_path = out / "metrics.jsonl";
   const bool resume = vm["resume"].as<bool>();
   if (!resume && fs::exists(ckpt_dir) && latest_checkpoint_step(ckpt_dir.string()))
@@ -168,6 +205,11 @@ int sft_run(JobContext& ctx) {
   const ModelConfig& c = run.config;
   SftDataOptions dopt;
   dopt.max_seq_len = vm["seq-len"].as<int>();
+  const std::string on_err = vm["on-data-error"].as<std::string>(), trunc = vm["truncation"].as<std::string>();
+  if (on_err != "skip" && on_err != "fail") fail_config("sft: --on-data-error must be skip or fail, not '{}'", on_err);
+  if (trunc != "right" && trunc != "drop") fail_config("sft: --truncation must be right or drop, not '{}'", trunc);
+  dopt.fail_on_error = on_err == "fail";
+  dopt.truncation = trunc == "right" ? SftTruncation::Right : SftTruncation::Drop;
   dopt.canvas_length = c.canvas_length;
   dopt.pad_id = c.pad_token_id;
   dopt.eos_fill_id = run.tokenizer_dir.empty() ? c.eos_token_ids.front() : resolve_eos_fill_id(run.tokenizer_dir, *run.tokenizer);
@@ -175,8 +217,15 @@ int sft_run(JobContext& ctx) {
   if (vm.count("data")) {
     data = load_sft_dataset(vm["data"].as<std::string>(), *run.tokenizer, dopt);
   } else {
-    std::istringstream in(builtin_sft_dataset());
-    data = read_sft_dataset(in, "<built-in arithmetic dataset>", *run.tokenizer, dopt);
+    std::istringstream in{std::string(builtin::tiny_task_train_jsonl())};
+    data = read_sft_dataset(in, "<built-in jobs/examples/tiny-task/train.jsonl>", *run.tokenizer, dopt);
+  }
+  for (std::size_t i = 0; i < data.skipped.size(); ++i) {
+    if (i == 20) {
+      log::warn("sft: ... and {} more skipped line(s)", data.skipped.size() - 20);
+      break;
+    }
+    log::warn("{}:{}: {} (skipped)", data.path, data.skipped[i].line, data.skipped[i].message);
   }
   log::info("sft: model {}", c.summary());
   log::info("sft: data {}", data.stats.summary());
@@ -285,6 +334,7 @@ int sft_run(JobContext& ctx) {
       b.sc_coin = nz.self_cond;
       b.n_diff = std::max<double>(1.0, static_cast<double>(counts[0]));
       b.n_ar = std::max<double>(1.0, static_cast<double>(counts[1]));
+      if (!dump_dir.empty()) dump_batch(dump_dir, step, m, world.rank(), b, nz, learning_rate(sched, step));
       const StepLosses l = sft_forward_backward(c, run.weights, b, grads, lscale);
       total.diffusion += l.diffusion;
       total.ar += l.ar;
@@ -321,8 +371,7 @@ int sft_run(JobContext& ctx) {
     }
   }
   if (vm["export"].as<bool>() && world.rank() == 0) {
-    const std::string dt = vm["export-dtype"].as<std::string>();
-    if (dt != "bf16" && dt != "f32") fail_config("sft: --export-dtype must be bf16 or f32");
+    const std::string& dt = export_dtype;
     json cfg = run.config_json;
     cfg["dtype"] = dt == "bf16" ? "bfloat16" : "float32";
     HfDirOptions hopts;
@@ -332,9 +381,7 @@ int sft_run(JobContext& ctx) {
         if (fs::exists(fs::path(run.tokenizer_dir) / f)) hopts.extra_files.push_back((fs::path(run.tokenizer_dir) / f).string());
     const fs::path dir = out / "hf-final";
     if (run.tokenizer_dir.empty())
-      hopts.extra_contents = {{"tokenizer.json", std::string(builtin::tokenizer_json())},
-                              {"tokenizer_config.json", std::string(builtin::tokenizer_config_json())},
-                              {"chat_template.jinja", std::string(builtin::chat_template_jinja())}};
+      hopts.extra_contents = builtin_tokenizer_files();
     write_hf_dir(dir.string(), cfg, &run.generation_json, hf_tensors_of(c, run.weights, dt == "bf16" ? DType::BF16 : DType::F32), hopts);
     log::info("sft: exported {}", dir.string());
   }

@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# dgemma sft end to end on the built-in tiny default (preset tiny, built-in tokenizer and tiny task):
+#   - a short run learns (the last steps' mean loss is well below the first steps'), writes metrics,
+#     checkpoints and an HF export that `dgemma generate` and `dgemma inspect` accept;
+#   - resume is bit-exact: N steps straight == K steps, stop (exit 42), --resume, N-K steps, compared
+#     as the metrics' printed losses and grad norms (the same text means the same float bits), and the
+#     final checkpoints hold identical parameters (via dgemma convert to HF, byte-compared);
+#   - the same on 2 ranks (the optimizer state is sharded: resume reads the slices back);
+#   - SIGUSR1 mid-run: the step finishes, a checkpoint is written, exit 42;
+#   - bad data and bad options fail with exit 2 and a message naming the problem; nothing is clobbered.
+# Usage: test_sft.sh /path/to/dgemma
+set -u
+DGEMMA=${1:?dgemma}
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+cd "$WORK"
+passed=0 failed=0
+MPI=(mpiexec --oversubscribe --bind-to none)
+export OPENBLAS_NUM_THREADS=1
+
+expect() {
+  local code=$1 pattern=$2; shift 3
+  local out rc
+  out=$("$@" 2>&1); rc=$?
+  if [[ $rc -eq $code ]] && grep -qE -- "$pattern" <<<"$out"; then passed=$((passed + 1)); else
+    failed=$((failed + 1)); printf 'FAIL: %s\n  expected exit %s and /%s/, got exit %s:\n%s\n' "$*" "$code" "$pattern" "$rc" "$(tail -n 30 <<<"$out")"; fi
+}
+check() {  # check "description" command...
+  local what=$1; shift
+  if "$@"; then passed=$((passed + 1)); else failed=$((failed + 1)); echo "FAIL: $what"; fi
+}
+# The fields of metrics.jsonl that must match bit for bit (elapsed time and throughput excluded).
+losses() { sed -E 's/.*("ar_loss":[^,]*).*("diffusion_loss":[^,]*).*("grad_norm":[^,]*).*("loss":[^,]*).*("lr":[^,]*).*("step":[0-9]+).*/\6 \1 \2 \3 \4 \5/' "$1"; }
+
+SMALL=(--steps 8 --warmup 2 --seq-len 64 --checkpoint-every 0)
+
+# --- a run that learns -----------------------------------------------------------------------------
+expect 0 "step +40/40" -- "$DGEMMA" sft --out learn --steps 40 --warmup 5 --micro-batch 8 --checkpoint-every 20
+check "metrics: 40 lines" test "$(wc -l <learn/metrics.jsonl)" -eq 40
+check "checkpoints at 20 and 40" test -f learn/checkpoints/step_00000020/manifest.json -a -f learn/checkpoints/step_00000040/manifest.json
+first=$(head -n 5 learn/metrics.jsonl | sed -E 's/.*"loss":([^,]*).*/\1/' | awk '{s+=$1} END {print s/NR}')
+last=$(tail -n 5 learn/metrics.jsonl | sed -E 's/.*"loss":([^,]*).*/\1/' | awk '{s+=$1} END {print s/NR}')
+check "loss falls: first 5 steps $first, last 5 $last (need last < 0.6 first)" awk -v a="$first" -v b="$last" 'BEGIN {exit !(b < 0.6 * a)}'
+expect 0 "inspect: OK" -- "$DGEMMA" inspect --path learn/hf-final
+head -n 3 "$(dirname "$0")/../../jobs/examples/tiny-task/heldout.jsonl" >heldout.jsonl 2>/dev/null ||
+  printf '{"id":"a","prompt":"Add one to each digit: 1 2 3","reference":"2 3 4"}\n' >heldout.jsonl
+expect 0 "exact match [0-9]+/[0-9]+" -- "$DGEMMA" generate --model learn/hf-final --input heldout.jsonl --output gen.jsonl
+check "every held-out line scored" test "$(grep -c '"exact_match"' gen.jsonl)" -eq "$(wc -l <heldout.jsonl)"
+
+# --- resume is bit-exact (1 rank) ------------------------------------------------------------------
+expect 0 "step +8/8" -- "$DGEMMA" sft --out straight "${SMALL[@]}" --micro-batch 4 --export false
+expect 42 "stopped at step 3" -- "$DGEMMA" sft --out split "${SMALL[@]}" --micro-batch 4 --export false --stop-after 3
+check "stopped run checkpointed step 3" grep -q step_00000003 split/checkpoints/latest
+expect 2 "already holds checkpoints" -- "$DGEMMA" sft --out split "${SMALL[@]}" --micro-batch 4
+expect 0 "resumed from .* at step 3" -- "$DGEMMA" sft --out split "${SMALL[@]}" --micro-batch 4 --export false --resume
+check "metrics after resume: 8 lines" test "$(wc -l <split/metrics.jsonl)" -eq 8
+if diff <(losses straight/metrics.jsonl) <(losses split/metrics.jsonl) >/dev/null; then passed=$((passed + 1)); else
+  failed=$((failed + 1)); echo "FAIL: resumed losses differ"; diff <(losses straight/metrics.jsonl) <(losses split/metrics.jsonl); fi
+expect 0 "convert" -- "$DGEMMA" convert --from h5 --to hf --in straight/checkpoints --out p1 --dtype f32
+expect 0 "convert" -- "$DGEMMA" convert --from h5 --to hf --in split/checkpoints --out p2 --dtype f32
+check "final parameters identical after resume" cmp -s p1/model.safetensors p2/model.safetensors
+
+# --- 2 ranks: sharded optimizer state, resume on 2 ranks ---------------------------------------------
+expect 0 "step +8/8" -- "${MPI[@]}" -n 2 "$DGEMMA" sft --out r2 "${SMALL[@]}" --micro-batch 2 --export false
+expect 42 "stopped at step 5" -- "${MPI[@]}" -n 2 "$DGEMMA" sft --out r2s "${SMALL[@]}" --micro-batch 2 --export false --stop-after 5
+check "two rank files" test -f r2s/checkpoints/step_00000005/rank_00001.h5
+expect 0 "resumed" -- "${MPI[@]}" -n 2 "$DGEMMA" sft --out r2s "${SMALL[@]}" --micro-batch 2 --export false --resume
+if diff <(losses r2/metrics.jsonl) <(losses r2s/metrics.jsonl) >/dev/null; then passed=$((passed + 1)); else
+  failed=$((failed + 1)); echo "FAIL: 2-rank resumed losses differ"; diff <(losses r2/metrics.jsonl) <(losses r2s/metrics.jsonl); fi
+# 2 ranks x 2 examples draw the same global batches and noise as 1 rank x 4 (randomness is keyed by the
+# global sample index): the losses agree up to fp32 summation order (measured ~1e-7 relative at step 1;
+# Adam amplifies later differences, so only the first step is held to 1e-5).
+l1=$(head -n 1 straight/metrics.jsonl | sed -E 's/.*"loss":([^,]*).*/\1/')
+l2=$(head -n 1 r2/metrics.jsonl | sed -E 's/.*"loss":([^,]*).*/\1/')
+check "step-1 loss on 1 rank ($l1) == on 2 ranks ($l2) within 1e-5" awk -v a="$l1" -v b="$l2" 'BEGIN {d=a-b; if (d<0) d=-d; exit !(d <= 1e-5 * a)}'
+
+# --- SIGUSR1: finish the step, checkpoint, exit 42 ---------------------------------------------------
+"$DGEMMA" sft --out sig --steps 100000 --warmup 1 --micro-batch 2 --seq-len 64 --checkpoint-every 0 >sig.log 2>&1 &
+pid=$!
+for _ in $(seq 1 300); do [[ -s sig/metrics.jsonl ]] && break; sleep 0.1; done
+kill -USR1 "$pid"
+wait "$pid"; rc=$?
+check "SIGUSR1 -> exit 42 (got $rc)" test "$rc" -eq 42
+check "SIGUSR1 -> checkpoint" test -f sig/checkpoints/latest
+check "SIGUSR1 -> message" grep -q "rerun with --resume" sig.log
+
+# --- bad input ------------------------------------------------------------------------------------
+printf '{"messages":[{"role":"user","content":"hi"},{"role":"assistant","content":"ok"}]}\n{"messages": [\n' >bad.jsonl
+expect 2 "bad.jsonl:2" -- "$DGEMMA" sft --out bad1 --data bad.jsonl --on-data-error fail
+printf '{"messages":[{"role":"user","content":"hi"}]}\n' >noresp.jsonl
+expect 2 "noresp.jsonl:1.*assistant" -- "$DGEMMA" sft --out bad2 --data noresp.jsonl
+expect 2 "cannot|No such|not found" -- "$DGEMMA" sft --out bad3 --data missing.jsonl
+expect 2 "--steps must be positive" -- "$DGEMMA" sft --out bad4 --steps 0
+expect 2 "--warmup 50 must be in" -- "$DGEMMA" sft --out bad5 --steps 10 --warmup 50
+expect 2 "--resume but .* holds no checkpoint" -- "$DGEMMA" sft --out bad6 --resume
+expect 2 "lr" -- "$DGEMMA" sft --out bad7 --lr -1
+expect 2 "micro-batch" -- "$DGEMMA" sft --out bad8 --micro-batch 0
+expect 2 "unknown|unrecognised|unrecognized" -- "$DGEMMA" sft --out bad9 --no-such-option 1
+expect 2 "config.json|model" -- "$DGEMMA" sft --out bad10 --model does-not-exist
+check "failed runs left no checkpoints" test ! -e bad1/checkpoints -a ! -e bad4/checkpoints -a ! -e bad5/checkpoints
+
+echo "test_sft: $passed passed, $failed failed"
+[[ $failed -eq 0 ]]
