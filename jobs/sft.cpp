@@ -11,6 +11,8 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <map>
+#include <memory>
 #include <optional>
 #include <sstream>
 
@@ -103,31 +105,63 @@ Run load_run_model(const JobContext& ctx) {
   return r;
 }
 
-void save_checkpoint(Comm& world, const std::string& dir, std::int64_t step, const Run& run, const FlatParams& flat,
+// The FSDP units of DESIGN.md: one root (embeddings, final norm, self-conditioning), one per layer's
+// dense parameters, one per layer's experts. Each is a flat fp32 buffer sharded over the ranks.
+using Units = std::vector<std::unique_ptr<FlatParams>>;
+
+std::string unit_of(const std::string& name) {
+  static const std::string prefix = "model.layers.";
+  if (name.rfind(prefix, 0) != 0) return "root";
+  const auto dot = name.find('.', prefix.size());
+  const std::string layer = name.substr(prefix.size(), dot - prefix.size());
+  return "layer" + layer + (name.find(".moe.experts.") != std::string::npos ? ".experts" : "");
+}
+
+Units make_units(const std::vector<ParamEntry>& entries, Comm& world) {
+  std::vector<std::string> order;
+  std::map<std::string, std::vector<ParamEntry>> groups;
+  for (const ParamEntry& e : entries) {
+    const std::string u = unit_of(e.name);
+    if (!groups.count(u)) order.push_back(u);
+    groups[u].push_back(e);
+  }
+  Units units;
+  for (const std::string& u : order) {
+    bool any = false;
+    for (const ParamEntry& e : groups[u]) any = any || e.trainable;
+    if (!any) continue;  // nothing to optimise (e.g. a unit of frozen tensors only)
+    units.push_back(std::make_unique<FlatParams>(std::move(groups[u]), world));
+    units.back()->load_masters();
+  }
+  return units;
+}
+
+void save_checkpoint(Comm& world, const std::string& dir, std::int64_t step, const Run& run, const Units& units,
                      const SftCursor& cursor, const json& train_section) {
   CheckpointWriterOptions opts;
   opts.overwrite = true;  // a resumed run may save a step again
   CheckpointWriter w(world, dir, step, opts);
   if (world.rank() == 0)  // every rank holds the parameters: replica 0 writes them
     for (const NamedTensor& t : model_tensors(run.config, run.weights)) w.add(checkpoint_key("param", t.name), t.tensor.clone());
-  for (const StateSlice& s : flat.state_slices()) {
-    const Slice slice = Slice::range(s.begin, s.end);
-    w.add(checkpoint_key("master", s.name), s.shape, slice, s.master);
-    w.add(checkpoint_key("exp_avg", s.name), s.shape, slice, s.exp_avg);
-    w.add(checkpoint_key("exp_avg_sq", s.name), s.shape, slice, s.exp_avg_sq);
-  }
+  for (const auto& unit : units)
+    for (const StateSlice& s : unit->state_slices()) {
+      const Slice slice = Slice::range(s.begin, s.end);
+      w.add(checkpoint_key("master", s.name), s.shape, slice, s.master);
+      w.add(checkpoint_key("exp_avg", s.name), s.shape, slice, s.exp_avg);
+      w.add(checkpoint_key("exp_avg_sq", s.name), s.shape, slice, s.exp_avg_sq);
+    }
   w.set_section("hf_config", run.config_json);
   w.set_section("hf_generation_config", run.generation_json);
   json train = train_section;
   train["step"] = step;
-  train["optimizer_step"] = flat.step();
+  train["optimizer_step"] = units.front()->step();
   train["cursor"] = cursor.state();
   w.set_section("train", train);
   const std::string done = w.commit();
   log::info("sft: checkpoint {}", done);
 }
 
-void load_checkpoint(const std::string& dir, Run& run, FlatParams& flat, SftCursor& cursor, std::int64_t& step) {
+void load_checkpoint(const std::string& dir, Run& run, Units& units, SftCursor& cursor, std::int64_t& step) {
   CheckpointReader r = CheckpointReader::open(dir);
   for (const NamedTensor& t : model_tensors(run.config, run.weights)) {
     const std::string key = checkpoint_key("param", t.name);
@@ -135,16 +169,17 @@ void load_checkpoint(const std::string& dir, Run& run, FlatParams& flat, SftCurs
     Tensor dst = t.tensor;
     r.read(key, Slice::whole(t.tensor.shape()), dst);
   }
-  for (const StateSlice& s : flat.state_slices()) {
-    const Slice slice = Slice::range(s.begin, s.end);
-    Tensor m = s.master, a = s.exp_avg, v = s.exp_avg_sq;
-    r.read(checkpoint_key("master", s.name), slice, m);
-    r.read(checkpoint_key("exp_avg", s.name), slice, a);
-    r.read(checkpoint_key("exp_avg_sq", s.name), slice, v);
-  }
+  for (const auto& unit : units)
+    for (const StateSlice& s : unit->state_slices()) {
+      const Slice slice = Slice::range(s.begin, s.end);
+      Tensor m = s.master, a = s.exp_avg, v = s.exp_avg_sq;
+      r.read(checkpoint_key("master", s.name), slice, m);
+      r.read(checkpoint_key("exp_avg", s.name), slice, a);
+      r.read(checkpoint_key("exp_avg_sq", s.name), slice, v);
+    }
   const json& train = r.section("train");
   step = train.at("step").get<std::int64_t>();
-  flat.set_step(train.at("optimizer_step").get<std::int64_t>());
+  for (auto& unit : units) unit->set_step(train.at("optimizer_step").get<std::int64_t>());
   cursor.restore(train.at("cursor"));
   log::info("sft: resumed from {} at step {}", r.dir(), step);
 }
@@ -245,8 +280,13 @@ int sft_run(JobContext& ctx) {
     const auto ps = model_tensors(c, run.weights), gs = model_tensors(c, grads);
     for (std::size_t i = 0; i < ps.size(); ++i) entries.push_back({ps[i].name, ps[i].tensor, gs[i].tensor, sft_trainable(ps[i].name), true});
   }
-  FlatParams flat(entries, world);
-  flat.load_masters();
+  Units units = make_units(entries, world);
+  std::vector<FlatParams*> unit_ptrs;
+  std::int64_t trainable = 0;
+  for (auto& u : units) {
+    unit_ptrs.push_back(u.get());
+    trainable += u->numel();
+  }
   AdamWOptions adam;
   adam.beta1 = vm["beta1"].as<double>();
   adam.beta2 = vm["beta2"].as<double>();
@@ -269,8 +309,8 @@ int sft_run(JobContext& ctx) {
   std::int64_t step = 0;
   if (resume) {
     if (!latest_checkpoint_step(ckpt_dir.string())) fail_config("sft: --resume but {} holds no checkpoint", ckpt_dir.string());
-    load_checkpoint(ckpt_dir.string(), run, flat, cursor, step);
-    flat.publish();
+    load_checkpoint(ckpt_dir.string(), run, units, cursor, step);
+    for (auto& u : units) u->publish();
   }
   if (world.rank() == 0) {
     fs::create_directories(out);
@@ -292,7 +332,7 @@ int sft_run(JobContext& ctx) {
   const json train_section = {{"seed", seed}, {"micro_batch", shape.micro_batch}, {"accumulation", shape.accumulation},
                               {"world_size", world.size()}, {"steps", steps}};
   log::info("sft: {} examples, global batch {} ({} x {} x {} ranks), {} steps, {} trainable parameters", data.examples.size(),
-            shape.global_batch(), shape.micro_batch, shape.accumulation, shape.dp, steps, flat.numel());
+            shape.global_batch(), shape.micro_batch, shape.accumulation, shape.dp, steps, trainable);
 
   const auto t0 = Clock::now();
   const int every = vm["checkpoint-every"].as<int>(), stop_after = vm["stop-after"].as<int>();
@@ -343,8 +383,7 @@ int sft_run(JobContext& ctx) {
     float sums[3] = {static_cast<float>(total.diffusion), static_cast<float>(total.ar), static_cast<float>(total.total)};
     world.all_reduce(sums, sums, 3, DType::F32, ReduceOp::Sum);  // each rank holds its share of the global means
     const double lr = learning_rate(sched, step);
-    FlatParams* units[] = {&flat};
-    const StepStats st = optimizer_step(world, units, adam, lr);
+    const StepStats st = optimizer_step(world, unit_ptrs, adam, lr);
     ++step;
     ++steps_this_run;
 
@@ -363,7 +402,7 @@ int sft_run(JobContext& ctx) {
     }
     const bool stop = ctx.rt.stop_requested() || (stop_after > 0 && steps_this_run >= stop_after);
     if (stop || step == steps || (every > 0 && step % every == 0))
-      save_checkpoint(world, ckpt_dir.string(), step, run, flat, cursor, train_section);
+      save_checkpoint(world, ckpt_dir.string(), step, run, units, cursor, train_section);
     if (stop && step < steps) {
       log::info("sft: stopped at step {} after checkpointing; rerun with --resume to continue (exit {})", step,
                 static_cast<int>(kExitStoppedOnSignal));

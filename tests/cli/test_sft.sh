@@ -74,6 +74,11 @@ l1=$(head -n 1 straight/metrics.jsonl | sed -E 's/.*"loss":([^,]*).*/\1/')
 l2=$(head -n 1 r2/metrics.jsonl | sed -E 's/.*"loss":([^,]*).*/\1/')
 check "step-1 loss on 1 rank ($l1) == on 2 ranks ($l2) within 1e-5" awk -v a="$l1" -v b="$l2" 'BEGIN {d=a-b; if (d<0) d=-d; exit !(d <= 1e-5 * a)}'
 
+# Gradient accumulation: 2 micro-batches of 2 are the same global batch as 1 of 4 (same normalisers).
+expect 0 "step +8/8" -- "$DGEMMA" sft --out acc "${SMALL[@]}" --micro-batch 2 --accumulation 2 --export false
+l3=$(head -n 1 acc/metrics.jsonl | sed -E 's/.*"loss":([^,]*).*/\1/')
+check "step-1 loss with accumulation 2 ($l3) == micro-batch 4 ($l1) within 1e-5" awk -v a="$l1" -v b="$l3" 'BEGIN {d=a-b; if (d<0) d=-d; exit !(d <= 1e-5 * a)}'
+
 # --- SIGUSR1: finish the step, checkpoint, exit 42 ---------------------------------------------------
 "$DGEMMA" sft --out sig --steps 100000 --warmup 1 --micro-batch 2 --seq-len 64 --checkpoint-every 0 >sig.log 2>&1 &
 pid=$!
