@@ -249,6 +249,14 @@ void soft_embedding_table_backward(const ModelConfig& c, const Tensor& h, const 
   }
 }
 
+// The reference's embedding has padding_idx = pad_token_id: a lookup of the pad id passes no gradient
+// to its row (the tied LM head still does). d_out rows [T,H] of tokens equal to `pad` are zeroed.
+void drop_pad_rows(const Tensor& ids, int pad, Tensor& d_out) {
+  const std::int64_t T = ids.numel(), H = d_out.size(-1);
+  for (std::int64_t t = 0; t < T; ++t)
+    if (ids.data<std::int32_t>()[t] == pad) std::fill_n(d_out.data<float>() + t * H, H, 0.0f);
+}
+
 StepLosses run(const ModelConfig& c, const ModelWeights& w, const SftBatch& b, ModelGrads* g, const SftLossScale& sc) {
   check_batch(c, b);
   const std::int64_t B = b.clean.size(0), S = b.clean.size(1), R = b.canvas.size(1), H = c.hidden_size;
@@ -314,6 +322,7 @@ StepLosses run(const ModelConfig& c, const ModelWeights& w, const SftBatch& b, M
     // Decoder input: x0 = rms(e; no weight), e = E[canvas]·scale + sc.
     Tensor de = f32({Td, H});
     rms_norm_backward(dx0, in.e, nullptr, in.rstd_e, de, nullptr);
+    drop_pad_rows(b.canvas, c.pad_token_id, de);
     embedding_backward(b.canvas.reshape({Td}), de, scale, g->embed_tokens);
     if (in.has_sc) {
       Tensor dact = f32(in.act.shape()), dgu = f32(in.gu.shape()), dn = f32({Td, H}), dsoft = f32({Td, H});
@@ -338,7 +347,9 @@ StepLosses run(const ModelConfig& c, const ModelWeights& w, const SftBatch& b, M
                                    b.n_ar, lse_ar, static_cast<float>(sc.loss_scale * sc.ar_weight), dh,
                                    &g->embed_tokens, opts);
     const Tensor dx = pass_backward(c, w, *g, enc, dh, nullptr, d_enc_k, d_enc_v);
-    embedding_backward(b.clean, dx, scale, g->embed_tokens);
+    Tensor dxt = dx.reshape({Te, H});
+    drop_pad_rows(b.clean, c.pad_token_id, dxt);
+    embedding_backward(b.clean.reshape({Te}), dxt, scale, g->embed_tokens);
   }
   return out;
 }
