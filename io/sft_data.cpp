@@ -275,7 +275,8 @@ void SftCursor::restore(const json& st) {
     return st[key].get<std::int64_t>();
   };
   const std::int64_t epoch = int_field("epoch"), position = int_field("position"), n = int_field("num_examples");
-  if (!st["seed"].is_number_unsigned() && !(st["seed"].is_number_integer() && st["seed"].get<std::int64_t>() >= 0))
+  if (!st.contains("seed") ||
+      (!st["seed"].is_number_unsigned() && !(st["seed"].is_number_integer() && st["seed"].get<std::int64_t>() >= 0)))
     fail_config("data cursor state: 'seed' must be a non-negative integer");
   const std::uint64_t seed = st["seed"].get<std::uint64_t>();
   if (seed != seed_) fail_config("data cursor state: saved with seed {}, this run uses seed {}", seed, seed_);
