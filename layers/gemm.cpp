@@ -36,6 +36,19 @@ void require_cpu(const char* op, std::initializer_list<const Tensor*> tensors) {
     if (t && t->defined() && !t->is_cpu()) fail("{}: no CUDA implementation yet ({} is on the device)", op, t->describe());
 }
 
+bool any_on_cuda(std::initializer_list<const Tensor*> tensors) {
+  for (const Tensor* t : tensors)
+    if (t && t->defined() && !t->is_cpu()) return true;
+  return false;
+}
+
+void require_cuda(const char* op, std::initializer_list<const Tensor*> tensors) {
+  for (const Tensor* t : tensors)
+    if (t && t->defined() && t->is_cpu())
+      fail("{}: {} is on the CPU while other operands are on the device (move all operands to one device)", op,
+           t->describe());
+}
+
 void gemm(const Tensor& a, const Tensor& b, Tensor& c, const GemmOpts& opts) {
   if (c.device() == Device::CPU) cpu::gemm(a, b, c, opts);
   else cuda::gemm(a, b, c, opts);

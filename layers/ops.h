@@ -24,6 +24,12 @@ namespace dg {
 // their dispatcher so that a device tensor gives a clear error rather than a crash.
 void require_cpu(const char* op, std::initializer_list<const Tensor*> tensors);
 
+// Backend choice of a dispatcher: true when any given (defined) tensor lives on the device. Then
+// every defined tensor must be on the same device (require_cuda throws naming the op and the
+// offending tensor otherwise) and the op runs its dg::cuda implementation.
+bool any_on_cuda(std::initializer_list<const Tensor*> tensors);
+void require_cuda(const char* op, std::initializer_list<const Tensor*> tensors);
+
 // ---- GEMM ----------------------------------------------------------------------------------------
 // Row-major C = alpha * op(A) @ op(B) + beta * C, where op(X) = X^T when trans_x.
 //   A: [M, K] ([K, M] if trans_a), or batched [batch, ...]
