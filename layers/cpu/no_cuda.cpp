@@ -11,6 +11,7 @@ bool cuda_built() { return false; }
 int cuda_device_count() { return 0; }
 void cuda_set_device(int) { fail("this dgemma was built without CUDA (configure with -DDGEMMA_CUDA=ON)"); }
 std::string cuda_device_description(int) { return "none (CPU-only build)"; }
+DevicePeaks cuda_device_peaks(int) { return {}; }
 void* cuda_malloc(std::size_t) { fail("this dgemma was built without CUDA: cannot allocate device memory"); }
 void cuda_free(void*) noexcept {}
 void copy_bytes(void* dst, Device dd, const void* src, Device sd, std::size_t n) {

@@ -59,4 +59,18 @@ void cuda_memset_zero(void* p, std::size_t n) {
 
 void cuda_synchronize() { DG_CUDA(cudaDeviceSynchronize()); }
 
+DevicePeaks cuda_device_peaks(int ordinal) {
+  int mem_khz = 0, bus_bits = 0, sm_khz = 0, sms = 0, major = 0;
+  DG_CUDA(cudaDeviceGetAttribute(&mem_khz, cudaDevAttrMemoryClockRate, ordinal));
+  DG_CUDA(cudaDeviceGetAttribute(&bus_bits, cudaDevAttrGlobalMemoryBusWidth, ordinal));
+  DG_CUDA(cudaDeviceGetAttribute(&sm_khz, cudaDevAttrClockRate, ordinal));
+  DG_CUDA(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, ordinal));
+  DG_CUDA(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, ordinal));
+  DevicePeaks p;
+  p.mem_gb_per_s = 2.0 * mem_khz * 1e3 * (bus_bits / 8.0) / 1e9;  // double data rate
+  const double per_sm = major == 9 ? 4096 : major == 8 ? 2048 : 0;
+  p.bf16_tflops = sms * (sm_khz * 1e3) * per_sm / 1e12;
+  return p;
+}
+
 }  // namespace dg
