@@ -322,8 +322,11 @@ StepLosses run(const ModelConfig& c, const ModelWeights& w, const SftBatch& b, M
     // Decoder input: x0 = rms(e; no weight), e = E[canvas]·scale + sc.
     Tensor de = f32({Td, H});
     rms_norm_backward(dx0, in.e, nullptr, in.rstd_e, de, nullptr);
-    drop_pad_rows(b.canvas, c.pad_token_id, de);
-    embedding_backward(b.canvas.reshape({Td}), de, scale, g->embed_tokens);
+    {
+      Tensor de_lookup = de.clone();  // the pad rows are dropped for the lookup only, not for the sc MLP
+      drop_pad_rows(b.canvas, c.pad_token_id, de_lookup);
+      embedding_backward(b.canvas.reshape({Td}), de_lookup, scale, g->embed_tokens);
+    }
     if (in.has_sc) {
       Tensor dact = f32(in.act.shape()), dgu = f32(in.gu.shape()), dn = f32({Td, H}), dsoft = f32({Td, H});
       train::linear_backward(de, in.act, w.sc_down, dact, g->sc_down);
