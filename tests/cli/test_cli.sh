@@ -28,11 +28,12 @@ expect 2 "unknown job 'train'" -- "$DGEMMA" train
 for job in sft generate convert init inspect bench; do
   expect 0 "Usage: dgemma $job" -- "$DGEMMA" $job --help
 done
-expect 2 "not built yet" -- "$DGEMMA" sft
+expect 2 "--steps must be positive" -- "$DGEMMA" sft --steps 0 --out never
+[[ ! -e never ]] && passed=$((passed + 1)) || { failed=$((failed + 1)); echo "FAIL: a refused sft left files"; }
 expect 2 "unrecognised option '--bogus'|unrecognized option '--bogus'" -- "$DGEMMA" bench --bogus
 expect 2 "cannot read job file missing.ini" -- "$DGEMMA" bench --config missing.ini
 printf 'm = 8\nwhat = nonsense\n' > bad.ini
-expect 2 "--what must be gemm, comm or all" -- "$DGEMMA" bench --config bad.ini
+expect 2 "--what must be gemm, comm, ops or all" -- "$DGEMMA" bench --config bad.ini
 printf 'm = 8\nn = 8\nk = 8\niters = 1\nwhat = gemm\n' > ok.ini
 expect 0 "gemm NN f32" -- "$DGEMMA" bench --config ok.ini --json out.jsonl
 expect 0 "m = 8    # job file" -- "$DGEMMA" bench --config ok.ini
