@@ -178,22 +178,6 @@ Tensor concat_seq(const Tensor& a, const Tensor& b, std::int64_t keep) {
   return out;
 }
 
-struct RopeTables {
-  Tensor cos, sin;
-};
-
-RopeTables rope_tables(const LayerSpec& s, const Tensor& positions) {
-  RopeParams p;
-  p.type = s.rope.kind == RopeSpec::Kind::Default ? RopeType::Default : RopeType::Proportional;
-  p.head_dim = s.head_dim;
-  p.theta = s.rope.theta;
-  p.partial_rotary_factor = s.rope.kind == RopeSpec::Kind::Default ? 1.0 : s.rope.partial_rotary_factor;
-  Tensor inv = f32({s.head_dim / 2});
-  rope_inv_freq(p, inv);
-  RopeTables t{f32({positions.numel(), s.head_dim / 2}), f32({positions.numel(), s.head_dim / 2})};
-  rope_table(positions, inv, t.cos, t.sin);
-  return t;
-}
 
 struct AttnIO {
   Tensor k, v;  // this pass's own K/V [B, S, nkv, hd]
@@ -274,6 +258,20 @@ void check_ids(const ModelConfig& c, const Tensor& ids, const char* what) {
 }
 
 }  // namespace
+
+RopeTables rope_tables(const LayerSpec& s, const Tensor& positions) {
+  RopeParams p;
+  p.type = s.rope.kind == RopeSpec::Kind::Default ? RopeType::Default : RopeType::Proportional;
+  p.head_dim = s.head_dim;
+  p.theta = s.rope.theta;
+  p.partial_rotary_factor = s.rope.kind == RopeSpec::Kind::Default ? 1.0 : s.rope.partial_rotary_factor;
+  Tensor inv = Tensor::empty({s.head_dim / 2}, DType::F32);
+  rope_inv_freq(p, inv);
+  const Shape table{positions.numel(), s.head_dim / 2};
+  RopeTables t{Tensor::empty(table, DType::F32), Tensor::empty(table, DType::F32)};
+  rope_table(positions, inv, t.cos, t.sin);
+  return t;
+}
 
 // ---- encode / decode / logits ------------------------------------------------------------------------
 

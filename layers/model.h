@@ -68,6 +68,13 @@ struct ParamSpec {
 };
 std::vector<ParamSpec> model_params(const ModelConfig& c);
 
+// RoPE cos/sin tables [T, hd/2] of one layer type at the given positions (i32 [T]); every pass builds
+// one per layer type.
+struct RopeTables {
+  Tensor cos, sin;
+};
+RopeTables rope_tables(const LayerSpec& s, const Tensor& positions);
+
 // ---- KV cache ------------------------------------------------------------------------------------
 struct LayerKV {
   Tensor k, v;   // [B, T_l, nkv, hd] (T_l <= W-1 on sliding layers)

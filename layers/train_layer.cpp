@@ -46,18 +46,6 @@ Tensor norm_backward(const Tensor& dy, const Tensor& x, const Tensor* weight, co
 
 }  // namespace
 
-RopeTables rope_tables(const LayerSpec& s, const Tensor& positions) {
-  RopeParams p;
-  p.type = s.rope.kind == RopeSpec::Kind::Default ? RopeType::Default : RopeType::Proportional;
-  p.head_dim = s.head_dim;
-  p.theta = s.rope.theta;
-  p.partial_rotary_factor = s.rope.kind == RopeSpec::Kind::Default ? 1.0 : s.rope.partial_rotary_factor;
-  Tensor inv = f32({s.head_dim / 2});
-  rope_inv_freq(p, inv);
-  RopeTables t{f32({positions.numel(), s.head_dim / 2}), f32({positions.numel(), s.head_dim / 2})};
-  rope_table(positions, inv, t.cos, t.sin);
-  return t;
-}
 
 void layer_forward(const ModelConfig& c, int li, const LayerWeights& l, Tensor& x, const RopeTables& rt,
                    const Tensor& enc_k, const Tensor& enc_v, const AttnOpts& opts, const Tensor& token_mask,

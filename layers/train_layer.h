@@ -10,11 +10,8 @@
 
 namespace dg::train {
 
-struct RopeTables {
-  Tensor cos, sin;  // [T, hd/2]
-};
-// cos/sin tables of one layer type at the given positions (i32 [T]).
-RopeTables rope_tables(const LayerSpec& s, const Tensor& positions);
+using dg::RopeTables;  // layers/model.h
+using dg::rope_tables;
 
 // The activations of one layer's forward that its backward reads. T = B·S tokens.
 struct LayerSaved {
