@@ -51,6 +51,11 @@ void check_f32_cpu(const char* op, std::initializer_list<const Tensor*> tensors)
 
 void geglu(const Tensor& gate_up, Tensor& act) {
   check_geglu("geglu", gate_up, act, nullptr);
+  if (any_on_cuda({&gate_up, &act})) {
+    require_cuda("geglu", {&gate_up, &act});
+    cuda::geglu(gate_up, nullptr, act);
+    return;
+  }
   check_f32_cpu("geglu", {&gate_up, &act});
   cpu::geglu(gate_up, nullptr, act);
 }
@@ -59,12 +64,22 @@ void geglu_backward(const Tensor& d_act, const Tensor& gate_up, Tensor& d_gate_u
   check_geglu("geglu_backward", gate_up, d_act, nullptr);
   DG_CHECK(d_gate_up.shape() == gate_up.shape(), "geglu_backward: d_gate_up {} should have the shape of gate_up {}",
            d_gate_up.describe(), gate_up.describe());
+  if (any_on_cuda({&d_act, &gate_up, &d_gate_up})) {
+    require_cuda("geglu_backward", {&d_act, &gate_up, &d_gate_up});
+    cuda::geglu_backward(d_act, gate_up, nullptr, d_gate_up, nullptr);
+    return;
+  }
   check_f32_cpu("geglu_backward", {&d_act, &gate_up, &d_gate_up});
   cpu::geglu_backward(d_act, gate_up, nullptr, d_gate_up, nullptr);
 }
 
 void geglu_weighted(const Tensor& gate_up, const Tensor& weights, Tensor& act) {
   check_geglu("geglu_weighted", gate_up, act, &weights);
+  if (any_on_cuda({&gate_up, &weights, &act})) {
+    require_cuda("geglu_weighted", {&gate_up, &weights, &act});
+    cuda::geglu(gate_up, &weights, act);
+    return;
+  }
   check_f32_cpu("geglu_weighted", {&gate_up, &weights, &act});
   cpu::geglu(gate_up, &weights, act);
 }
@@ -78,6 +93,11 @@ void geglu_weighted_backward(const Tensor& d_act, const Tensor& gate_up, const T
   DG_CHECK(d_weights.shape() == weights.shape(),
            "geglu_weighted_backward: d_weights {} should have the shape of weights {}", d_weights.describe(),
            weights.describe());
+  if (any_on_cuda({&d_act, &gate_up, &weights, &d_gate_up, &d_weights})) {
+    require_cuda("geglu_weighted_backward", {&d_act, &gate_up, &weights, &d_gate_up, &d_weights});
+    cuda::geglu_backward(d_act, gate_up, &weights, d_gate_up, &d_weights);
+    return;
+  }
   check_f32_cpu("geglu_weighted_backward", {&d_act, &gate_up, &weights, &d_gate_up, &d_weights});
   cpu::geglu_backward(d_act, gate_up, &weights, d_gate_up, &d_weights);
 }

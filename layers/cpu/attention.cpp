@@ -1,6 +1,7 @@
 // Attention on the CPU (fp32, the exact reference): shape validation shared by the backends, the
-// dispatcher, and a tiled forward / backward. Per batch entry and tile of query rows the visibility
-// of every key is evaluated once from the rule (attn_visible) and the key padding; the column range
+// dispatcher (device tensors go to dg::cuda, layers/cuda/attention.cpp), and a tiled forward /
+// backward. Per batch entry and tile of query rows the visibility of every key is evaluated once
+// from the rule (attn_visible, layers/ops/attn_rule.h) and the key padding; the column range
 // holding any visible key bounds the sgemm calls (scores, P.V, and the backward products), so causal
 // and canvas masks skip most masked work. Scratch is a few [tile, Tc + S] rows, never [S, S] per head.
 #include <algorithm>
@@ -85,6 +86,11 @@ AttnDims attn_dims(const Tensor& q, const Tensor& k, const Tensor& v, const Tens
 
 void attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& k_cache, const Tensor& v_cache,
                const AttnOpts& opts, Tensor& out, Tensor& lse) {
+  if (any_on_cuda({&q, &k, &v, &k_cache, &v_cache, &opts.key_valid, &out, &lse})) {
+    require_cuda("attention", {&q, &k, &v, &k_cache, &v_cache, &opts.key_valid, &out, &lse});
+    cuda::attention(q, k, v, k_cache, v_cache, opts, out, lse);
+    return;
+  }
   require_cpu("attention", {&q, &k, &v, &k_cache, &v_cache, &opts.key_valid, &out, &lse});
   cpu::attention(q, k, v, k_cache, v_cache, opts, out, lse);
 }
@@ -92,6 +98,13 @@ void attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& 
 void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& k_cache, const Tensor& v_cache,
                         const AttnOpts& opts, const Tensor& out, const Tensor& lse, const Tensor& d_out, Tensor& d_q,
                         Tensor& d_k, Tensor& d_v, Tensor& d_k_cache, Tensor& d_v_cache) {
+  if (any_on_cuda({&q, &k, &v, &k_cache, &v_cache, &opts.key_valid, &out, &lse, &d_out, &d_q, &d_k, &d_v, &d_k_cache,
+                   &d_v_cache})) {
+    require_cuda("attention_backward", {&q, &k, &v, &k_cache, &v_cache, &opts.key_valid, &out, &lse, &d_out, &d_q,
+                                        &d_k, &d_v, &d_k_cache, &d_v_cache});
+    cuda::attention_backward(q, k, v, k_cache, v_cache, opts, out, lse, d_out, d_q, d_k, d_v, d_k_cache, d_v_cache);
+    return;
+  }
   require_cpu("attention_backward", {&q, &k, &v, &k_cache, &v_cache, &opts.key_valid, &out, &lse, &d_out, &d_q, &d_k,
                                      &d_v, &d_k_cache, &d_v_cache});
   cpu::attention_backward(q, k, v, k_cache, v_cache, opts, out, lse, d_out, d_q, d_k, d_v, d_k_cache, d_v_cache);

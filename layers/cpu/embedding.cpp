@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <vector>
 
 #include "layers/ops.h"
@@ -73,6 +74,11 @@ float embed_scale(std::int64_t hidden, DType weight_dtype) {
 void embedding(const Tensor& ids, const Tensor& table, float scale, Tensor& out) {
   check_table("embedding", table);
   check_ids("embedding", ids, out, table.size(1));
+  if (any_on_cuda({&ids, &table, &out})) {
+    require_cuda("embedding", {&ids, &table, &out});
+    cuda::embedding(ids, table, scale, out);
+    return;
+  }
   require_cpu("embedding", {&ids});
   check_f32_cpu("embedding", {&table, &out});
   cpu::embedding(ids, table, scale, out);
@@ -81,6 +87,11 @@ void embedding(const Tensor& ids, const Tensor& table, float scale, Tensor& out)
 void embedding_backward(const Tensor& ids, const Tensor& d_out, float scale, Tensor& d_table) {
   check_table("embedding_backward", d_table);
   check_ids("embedding_backward", ids, d_out, d_table.size(1));
+  if (any_on_cuda({&ids, &d_out, &d_table})) {
+    require_cuda("embedding_backward", {&ids, &d_out, &d_table});
+    cuda::embedding_backward(ids, d_out, scale, d_table);
+    return;
+  }
   require_cpu("embedding_backward", {&ids});
   check_f32_cpu("embedding_backward", {&d_out, &d_table});
   cpu::embedding_backward(ids, d_out, scale, d_table);
@@ -89,6 +100,11 @@ void embedding_backward(const Tensor& ids, const Tensor& d_out, float scale, Ten
 void soft_embedding(const Tensor& logits, const Tensor& table, float scale, Tensor& soft, Tensor& lse,
                     std::int64_t vocab_chunk) {
   check_soft("soft_embedding", logits, table, soft, lse, vocab_chunk);
+  if (any_on_cuda({&logits, &table, &soft, &lse})) {
+    require_cuda("soft_embedding", {&logits, &table, &soft, &lse});
+    cuda::soft_embedding(logits, table, scale, soft, lse, vocab_chunk);
+    return;
+  }
   check_f32_cpu("soft_embedding", {&logits, &table, &soft, &lse});
   cpu::soft_embedding(logits, table, scale, soft, lse, vocab_chunk);
 }
@@ -105,6 +121,11 @@ void soft_embedding_backward(const Tensor& d_soft, const Tensor& logits, const T
   if (d_logits)
     DG_CHECK(d_logits->shape() == logits.shape(), "{}: d_logits {} should have the shape of logits {}", op,
              d_logits->describe(), logits.describe());
+  if (any_on_cuda({&d_soft, &logits, &table, &soft, &lse, d_logits, &d_table})) {
+    require_cuda(op, {&d_soft, &logits, &table, &soft, &lse, d_logits, &d_table});
+    cuda::soft_embedding_backward(d_soft, logits, table, scale, soft, lse, d_logits, d_table, vocab_chunk);
+    return;
+  }
   check_f32_cpu(op, {&d_soft, &logits, &table, &soft, &lse, d_logits, &d_table});
   cpu::soft_embedding_backward(d_soft, logits, table, scale, soft, lse, d_logits, d_table, vocab_chunk);
 }
@@ -218,4 +239,25 @@ void soft_embedding_backward(const Tensor& d_soft, const Tensor& logits, const T
 }
 
 }  // namespace cpu
+
+EmbeddingGradPlan embedding_grad_plan(const std::int32_t* ids, std::int64_t count, std::int64_t vocab) {
+  DG_CHECK(count >= 0 && count <= std::numeric_limits<std::int32_t>::max(),
+           "embedding_backward: {} tokens do not fit the i32 plan", count);
+  for (std::int64_t t = 0; t < count; ++t) cpu::check_id(ids[t], t, vocab);  // the CPU op's error
+  EmbeddingGradPlan plan;
+  plan.order.resize(static_cast<std::size_t>(count));
+  for (std::int64_t t = 0; t < count; ++t) plan.order[static_cast<std::size_t>(t)] = static_cast<std::int32_t>(t);
+  std::stable_sort(plan.order.begin(), plan.order.end(),
+                   [ids](std::int32_t a, std::int32_t b) { return ids[a] < ids[b]; });
+  for (std::int64_t k = 0; k < count; ++k) {
+    const std::int32_t id = ids[plan.order[static_cast<std::size_t>(k)]];
+    if (plan.ids.empty() || plan.ids.back() != id) {
+      plan.ids.push_back(id);
+      plan.starts.push_back(static_cast<std::int32_t>(k));
+    }
+  }
+  plan.starts.push_back(static_cast<std::int32_t>(count));
+  return plan;
+}
+
 }  // namespace dg

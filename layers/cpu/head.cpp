@@ -85,6 +85,14 @@ void check_normaliser(const char* op, double normaliser) {
 // ---- Softcap ----------------------------------------------------------------------------------------
 
 void softcap(const Tensor& x, float cap, Tensor& y) {
+  if (any_on_cuda({&x, &y})) {
+    DG_CHECK(x.defined() && y.defined() && y.shape() == x.shape(), "softcap: y {} should have the shape of x {}",
+             y.describe(), x.describe());
+    if (!(cap >= 0.0f) || !std::isfinite(cap)) fail("softcap: cap {} must be >= 0 (0: none)", cap);
+    require_cuda("softcap", {&x, &y});
+    cuda::softcap(x, cap, y);
+    return;
+  }
   require_cpu("softcap", {&x, &y});
   expect("softcap", "x", x, DType::F32, x.shape());
   expect("softcap", "y", y, DType::F32, x.shape());
@@ -95,6 +103,15 @@ void softcap(const Tensor& x, float cap, Tensor& y) {
 }
 
 void softcap_backward(const Tensor& y, const Tensor& dy, float cap, Tensor& dx) {
+  if (any_on_cuda({&y, &dy, &dx})) {
+    DG_CHECK(y.defined() && dy.defined() && dx.defined() && dy.shape() == y.shape() && dx.shape() == y.shape(),
+             "softcap_backward: dy {} and dx {} should have the shape of y {}", dy.describe(), dx.describe(),
+             y.describe());
+    if (!(cap >= 0.0f) || !std::isfinite(cap)) fail("softcap_backward: cap {} must be >= 0 (0: none)", cap);
+    require_cuda("softcap_backward", {&y, &dy, &dx});
+    cuda::softcap_backward(y, dy, cap, dx);
+    return;
+  }
   require_cpu("softcap_backward", {&y, &dy, &dx});
   expect("softcap_backward", "y", y, DType::F32, y.shape());
   expect("softcap_backward", "dy", dy, DType::F32, y.shape());
@@ -109,11 +126,43 @@ void softcap_backward(const Tensor& y, const Tensor& dy, float cap, Tensor& dx) 
   }
 }
 
+// ---- shape checks of the device path (dtypes are checked by dg::cuda; the CPU path keeps its own
+// dtype-and-shape checks and messages) ----
+
+namespace {
+
+void expect_shape(const char* op, const char* name, const Tensor& t, const Shape& shape) {
+  if (!t.defined() || t.shape() != shape)
+    fail("{}: {} should be {}, got {}", op, name, shape_str(shape), t.defined() ? t.describe() : std::string("nothing"));
+}
+
+// hidden [T,H], embedding [V,H] (V >= 1) and the options, whatever their dtypes.
+void check_head_shapes(const char* op, const Tensor& hidden, const Tensor& embedding, const LmHeadOpts& o) {
+  DG_CHECK(hidden.ndim() == 2 && embedding.ndim() == 2, "{}: hidden {} and embedding {} should be [T, H] and [V, H]",
+           op, hidden.describe(), embedding.describe());
+  expect_shape(op, "hidden", hidden, {hidden.size(0), embedding.size(1)});
+  if (embedding.size(0) < 1) fail("{}: empty vocabulary in {}", op, embedding.describe());
+  if (o.vocab_chunk < 1) fail("{}: vocab_chunk {} must be positive", op, o.vocab_chunk);
+  if (!(o.softcap >= 0.0f) || !std::isfinite(o.softcap)) fail("{}: softcap {} must be >= 0 (0: none)", op, o.softcap);
+}
+
+}  // namespace
+
 // ---- Fused cross-entropy ------------------------------------------------------------------------------
 
 double lm_head_cross_entropy(const Tensor& hidden, const Tensor& embedding, const Tensor& targets,
                              const Tensor& loss_mask, double normaliser, Tensor& lse, const LmHeadOpts& opts) {
   const char* op = "lm_head_cross_entropy";
+  if (any_on_cuda({&hidden, &embedding, &targets, &loss_mask, &lse})) {
+    require_cuda(op, {&hidden, &embedding, &targets, &loss_mask, &lse});
+    check_head_shapes(op, hidden, embedding, opts);
+    check_normaliser(op, normaliser);
+    const std::int64_t t_count = hidden.size(0);
+    expect_shape(op, "targets", targets, {t_count});
+    expect_shape(op, "loss_mask", loss_mask, {t_count});
+    expect_shape(op, "lse", lse, {t_count});
+    return cuda::lm_head_cross_entropy(hidden, embedding, targets, loss_mask, normaliser, lse, opts);
+  }
   require_cpu(op, {&hidden, &embedding, &targets, &loss_mask, &lse});
   const std::int64_t v = check_head(op, hidden, embedding, opts);
   check_normaliser(op, normaliser);
@@ -160,6 +209,20 @@ void lm_head_cross_entropy_backward(const Tensor& hidden, const Tensor& embeddin
                                     const Tensor& loss_mask, double normaliser, const Tensor& lse, float dloss,
                                     Tensor& dhidden, Tensor* dembedding, const LmHeadOpts& opts) {
   const char* op = "lm_head_cross_entropy_backward";
+  if (any_on_cuda({&hidden, &embedding, &targets, &loss_mask, &lse, &dhidden, dembedding})) {
+    require_cuda(op, {&hidden, &embedding, &targets, &loss_mask, &lse, &dhidden, dembedding});
+    check_head_shapes(op, hidden, embedding, opts);
+    check_normaliser(op, normaliser);
+    const std::int64_t t_count = hidden.size(0);
+    expect_shape(op, "targets", targets, {t_count});
+    expect_shape(op, "loss_mask", loss_mask, {t_count});
+    expect_shape(op, "lse", lse, {t_count});
+    expect_shape(op, "dhidden", dhidden, hidden.shape());
+    if (dembedding) expect_shape(op, "dembedding", *dembedding, embedding.shape());
+    cuda::lm_head_cross_entropy_backward(hidden, embedding, targets, loss_mask, normaliser, lse, dloss, dhidden,
+                                         dembedding, opts);
+    return;
+  }
   require_cpu(op, {&hidden, &embedding, &targets, &loss_mask, &lse, &dhidden, dembedding});
   const std::int64_t v = check_head(op, hidden, embedding, opts);
   check_normaliser(op, normaliser);
@@ -210,6 +273,17 @@ void lm_head_cross_entropy_backward(const Tensor& hidden, const Tensor& embeddin
 void lm_head_entropy_argmax(const Tensor& hidden, const Tensor& embedding, float temperature, Tensor& entropy,
                             Tensor& argmax, Tensor* logsumexp, const LmHeadOpts& opts) {
   const char* op = "lm_head_entropy_argmax";
+  if (any_on_cuda({&hidden, &embedding, &entropy, &argmax, logsumexp})) {
+    require_cuda(op, {&hidden, &embedding, &entropy, &argmax, logsumexp});
+    check_head_shapes(op, hidden, embedding, opts);
+    check_temperature(op, temperature);
+    const std::int64_t t_count = hidden.size(0);
+    expect_shape(op, "entropy", entropy, {t_count});
+    expect_shape(op, "argmax", argmax, {t_count});
+    if (logsumexp) expect_shape(op, "logsumexp", *logsumexp, {t_count});
+    cuda::lm_head_entropy_argmax(hidden, embedding, temperature, entropy, argmax, logsumexp, opts);
+    return;
+  }
   require_cpu(op, {&hidden, &embedding, &entropy, &argmax, logsumexp});
   const std::int64_t v = check_head(op, hidden, embedding, opts);
   check_temperature(op, temperature);
@@ -260,6 +334,17 @@ void lm_head_entropy_argmax(const Tensor& hidden, const Tensor& embedding, float
 void lm_head_sample(const Tensor& hidden, const Tensor& embedding, float temperature, const Tensor& logsumexp,
                     const Tensor& uniforms, Tensor& sampled, const LmHeadOpts& opts) {
   const char* op = "lm_head_sample";
+  if (any_on_cuda({&hidden, &embedding, &logsumexp, &uniforms, &sampled})) {
+    require_cuda(op, {&hidden, &embedding, &logsumexp, &uniforms, &sampled});
+    check_head_shapes(op, hidden, embedding, opts);
+    check_temperature(op, temperature);
+    const std::int64_t t_count = hidden.size(0);
+    expect_shape(op, "logsumexp", logsumexp, {t_count});
+    expect_shape(op, "uniforms", uniforms, {t_count});
+    expect_shape(op, "sampled", sampled, {t_count});
+    cuda::lm_head_sample(hidden, embedding, temperature, logsumexp, uniforms, sampled, opts);
+    return;
+  }
   require_cpu(op, {&hidden, &embedding, &logsumexp, &uniforms, &sampled});
   const std::int64_t v = check_head(op, hidden, embedding, opts);
   check_temperature(op, temperature);

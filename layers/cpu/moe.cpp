@@ -1,5 +1,7 @@
-// CPU (fp32) MoE ops: router forward/backward, permutation plan, gather, combine and the grouped
-// expert GEMM, each with its backward. Declarations and the math: layers/ops/moe.h.
+// MoE ops: the dispatchers (a device tensor sends an op to its dg::cuda implementation after a
+// dtype-agnostic shape check) and the CPU (fp32) implementations of the router forward/backward,
+// permutation plan, gather, combine and the grouped expert GEMM, each with its backward; also the
+// grouped GEMM plan the CUDA backend launches from. Declarations and the math: layers/ops/moe.h.
 #include <algorithm>
 #include <climits>
 #include <cmath>
@@ -35,6 +37,44 @@ void check_router_params(const char* op, const Tensor& r, const Tensor& scale, c
   expect(op, "per_expert_scale", per_expert_scale, DType::F32, {e});
 }
 
+// ---- shape checks of the device path (dtypes are checked by dg::cuda; the CPU path keeps its own
+// dtype-and-shape checks and messages) ----
+
+void expect_shape(const char* op, const char* name, const Tensor& t, const Shape& shape) {
+  if (!t.defined() || t.shape() != shape)
+    fail("{}: {} should be {}, got {}", op, name, shape_str(shape), t.defined() ? t.describe() : std::string("nothing"));
+}
+
+// r [T,H], scale [H], proj [E,H], per_expert_scale [E], expert_ids [T,k]; returns k.
+std::int64_t check_router_shapes(const char* op, const Tensor& r, const Tensor& scale, const Tensor& proj,
+                                 const Tensor& per_expert_scale, const Tensor& expert_ids) {
+  DG_CHECK(r.ndim() == 2, "{}: r should be [T, H], got {}", op, r.describe());
+  DG_CHECK(proj.ndim() == 2, "{}: proj should be [E, H], got {}", op, proj.describe());
+  DG_CHECK(expert_ids.ndim() == 2, "{}: expert_ids should be [T, k], got {}", op, expert_ids.describe());
+  const std::int64_t t_count = r.size(0), h = r.size(1), e = proj.size(0), k = expert_ids.size(1);
+  expect_shape(op, "scale", scale, {h});
+  expect_shape(op, "proj", proj, {e, h});
+  expect_shape(op, "per_expert_scale", per_expert_scale, {e});
+  expect_shape(op, "expert_ids", expert_ids, {t_count, k});
+  DG_CHECK(k >= 1 && k <= e, "{}: top-k {} must lie in [1, E = {}]", op, k, e);
+  return k;
+}
+
+// slot_row [T,k] for T = t_count; returns k.
+std::int64_t check_slot_row_shape(const char* op, const Tensor& slot_row, std::int64_t t_count) {
+  DG_CHECK(slot_row.ndim() == 2, "{}: slot_row should be [T, k], got {}", op, slot_row.describe());
+  expect_shape(op, "slot_row", slot_row, {t_count, slot_row.size(1)});
+  return slot_row.size(1);
+}
+
+// x [N,K], w [E,K,M], expert_counts [E].
+void check_grouped_shapes(const char* op, const Tensor& x, const Tensor& w, const Tensor& expert_counts) {
+  DG_CHECK(x.ndim() == 2 && w.ndim() == 3, "{}: x {} and w {} should be [N, K] and [E, K, M]", op, x.describe(),
+           w.describe());
+  expect_shape(op, "x", x, {x.size(0), w.size(1)});
+  expect_shape(op, "expert_counts", expert_counts, {w.size(0)});
+}
+
 bool mask_keeps(const Tensor& mask, std::int64_t t) {
   if (!mask.defined()) return true;
   return mask.dtype() == DType::I32 ? mask.data<std::int32_t>()[t] != 0 : mask.data<float>()[t] != 0.0f;
@@ -47,6 +87,16 @@ bool mask_keeps(const Tensor& mask, std::int64_t t) {
 void moe_router(const Tensor& r, const Tensor& scale, const Tensor& proj, const Tensor& per_expert_scale,
                 Tensor& expert_ids, Tensor& routing_weights, Tensor& probs, Tensor& rstd, float eps) {
   const char* op = "moe_router";
+  if (any_on_cuda({&r, &scale, &proj, &per_expert_scale, &expert_ids, &routing_weights, &probs, &rstd})) {
+    require_cuda(op, {&r, &scale, &proj, &per_expert_scale, &expert_ids, &routing_weights, &probs, &rstd});
+    const std::int64_t k = check_router_shapes(op, r, scale, proj, per_expert_scale, expert_ids);
+    const std::int64_t t_count = r.size(0), e = proj.size(0);
+    expect_shape(op, "routing_weights", routing_weights, {t_count, k});
+    expect_shape(op, "probs", probs, {t_count, e});
+    expect_shape(op, "rstd", rstd, {t_count});
+    cuda::moe_router(r, scale, proj, per_expert_scale, expert_ids, routing_weights, probs, rstd, eps);
+    return;
+  }
   require_cpu(op, {&r, &scale, &proj, &per_expert_scale, &expert_ids, &routing_weights, &probs, &rstd});
   check_router_params(op, r, scale, proj, per_expert_scale);
   DG_CHECK(expert_ids.ndim() == 2, "{}: expert_ids should be [T, k], got {}", op, expert_ids.describe());
@@ -108,6 +158,22 @@ void moe_router_backward(const Tensor& r, const Tensor& scale, const Tensor& pro
                          const Tensor& expert_ids, const Tensor& probs, const Tensor& rstd,
                          const Tensor& d_routing_weights, Tensor& dr, const RouterGrads& grads) {
   const char* op = "moe_router_backward";
+  if (any_on_cuda({&r, &scale, &proj, &per_expert_scale, &expert_ids, &probs, &rstd, &d_routing_weights, &dr,
+                   grads.scale, grads.proj, grads.per_expert_scale})) {
+    require_cuda(op, {&r, &scale, &proj, &per_expert_scale, &expert_ids, &probs, &rstd, &d_routing_weights, &dr,
+                      grads.scale, grads.proj, grads.per_expert_scale});
+    const std::int64_t k = check_router_shapes(op, r, scale, proj, per_expert_scale, expert_ids);
+    const std::int64_t t_count = r.size(0), h = r.size(1), e = proj.size(0);
+    expect_shape(op, "probs", probs, {t_count, e});
+    expect_shape(op, "rstd", rstd, {t_count});
+    expect_shape(op, "d_routing_weights", d_routing_weights, {t_count, k});
+    expect_shape(op, "dr", dr, {t_count, h});
+    if (grads.scale) expect_shape(op, "grads.scale", *grads.scale, {h});
+    if (grads.proj) expect_shape(op, "grads.proj", *grads.proj, {e, h});
+    if (grads.per_expert_scale) expect_shape(op, "grads.per_expert_scale", *grads.per_expert_scale, {e});
+    cuda::moe_router_backward(r, scale, proj, per_expert_scale, expert_ids, probs, rstd, d_routing_weights, dr, grads);
+    return;
+  }
   require_cpu(op, {&r, &scale, &proj, &per_expert_scale, &expert_ids, &probs, &rstd, &d_routing_weights, &dr,
                    grads.scale, grads.proj, grads.per_expert_scale});
   check_router_params(op, r, scale, proj, per_expert_scale);
@@ -195,6 +261,18 @@ void moe_router_backward(const Tensor& r, const Tensor& scale, const Tensor& pro
 std::int64_t moe_permute_plan(const Tensor& expert_ids, std::int64_t num_experts, Tensor& expert_counts,
                               Tensor& row_token, Tensor& slot_row, const Tensor& token_mask) {
   const char* op = "moe_permute_plan";
+  if (any_on_cuda({&expert_ids, &expert_counts, &row_token, &slot_row, &token_mask})) {
+    require_cuda(op, {&expert_ids, &expert_counts, &row_token, &slot_row, &token_mask});
+    DG_CHECK(expert_ids.ndim() == 2, "{}: expert_ids should be [T, k], got {}", op, expert_ids.describe());
+    const std::int64_t t_count = expert_ids.size(0), k = expert_ids.size(1);
+    DG_CHECK(num_experts >= 1, "{}: num_experts {} must be positive", op, num_experts);
+    DG_CHECK(t_count * k <= INT32_MAX, "{}: {} (token, slot) pairs overflow the i32 row indices", op, t_count * k);
+    expect_shape(op, "expert_counts", expert_counts, {num_experts});
+    expect_shape(op, "row_token", row_token, {t_count * k});
+    expect_shape(op, "slot_row", slot_row, {t_count, k});
+    if (token_mask.defined()) expect_shape(op, "token_mask", token_mask, {t_count});
+    return cuda::moe_permute_plan(expert_ids, num_experts, expert_counts, row_token, slot_row, token_mask);
+  }
   require_cpu(op, {&expert_ids, &expert_counts, &row_token, &slot_row, &token_mask});
   DG_CHECK(expert_ids.ndim() == 2, "{}: expert_ids should be [T, k], got {}", op, expert_ids.describe());
   const std::int64_t t_count = expert_ids.size(0), k = expert_ids.size(1);
@@ -249,6 +327,16 @@ std::int64_t moe_permute_plan(const Tensor& expert_ids, std::int64_t num_experts
 
 void moe_gather(const Tensor& x, const Tensor& row_token, Tensor& xp) {
   const char* op = "moe_gather";
+  if (any_on_cuda({&x, &row_token, &xp})) {
+    require_cuda(op, {&x, &row_token, &xp});
+    DG_CHECK(x.ndim() == 2 && xp.ndim() == 2, "{}: x {} and xp {} should be [T, H] and [N, H]", op, x.describe(),
+             xp.describe());
+    expect_shape(op, "xp", xp, {xp.size(0), x.size(1)});
+    DG_CHECK(row_token.ndim() == 1 && row_token.size(0) >= xp.size(0), "{}: row_token should be i32 [>= {}], got {}",
+             op, xp.size(0), row_token.describe());
+    cuda::moe_gather(x, row_token, xp);
+    return;
+  }
   require_cpu(op, {&x, &row_token, &xp});
   DG_CHECK(x.ndim() == 2 && xp.ndim() == 2, "{}: x {} and xp {} should be [T, H] and [N, H]", op, x.describe(),
            xp.describe());
@@ -281,6 +369,15 @@ std::int64_t check_slot_row(const char* op, const Tensor& slot_row, std::int64_t
 
 void moe_gather_backward(const Tensor& dxp, const Tensor& slot_row, Tensor& dx) {
   const char* op = "moe_gather_backward";
+  if (any_on_cuda({&dxp, &slot_row, &dx})) {
+    require_cuda(op, {&dxp, &slot_row, &dx});
+    DG_CHECK(dxp.ndim() == 2 && dx.ndim() == 2, "{}: dxp {} and dx {} should be [N, H] and [T, H]", op,
+             dxp.describe(), dx.describe());
+    expect_shape(op, "dx", dx, {dx.size(0), dxp.size(1)});
+    check_slot_row_shape(op, slot_row, dx.size(0));
+    cuda::moe_gather_backward(dxp, slot_row, dx);
+    return;
+  }
   require_cpu(op, {&dxp, &slot_row, &dx});
   DG_CHECK(dxp.ndim() == 2 && dx.ndim() == 2, "{}: dxp {} and dx {} should be [N, H] and [T, H]", op,
            dxp.describe(), dx.describe());
@@ -306,6 +403,16 @@ void moe_gather_backward(const Tensor& dxp, const Tensor& slot_row, Tensor& dx) 
 
 void moe_combine(const Tensor& y, const Tensor& routing_weights, const Tensor& slot_row, Tensor& out) {
   const char* op = "moe_combine";
+  if (any_on_cuda({&y, &routing_weights, &slot_row, &out})) {
+    require_cuda(op, {&y, &routing_weights, &slot_row, &out});
+    DG_CHECK(y.ndim() == 2 && out.ndim() == 2, "{}: y {} and out {} should be [N, H] and [T, H]", op, y.describe(),
+             out.describe());
+    expect_shape(op, "out", out, {out.size(0), y.size(1)});
+    const std::int64_t k = check_slot_row_shape(op, slot_row, out.size(0));
+    expect_shape(op, "routing_weights", routing_weights, {out.size(0), k});
+    cuda::moe_combine(y, routing_weights, slot_row, out);
+    return;
+  }
   require_cpu(op, {&y, &routing_weights, &slot_row, &out});
   DG_CHECK(y.ndim() == 2 && out.ndim() == 2, "{}: y {} and out {} should be [N, H] and [T, H]", op, y.describe(),
            out.describe());
@@ -333,6 +440,19 @@ void moe_combine(const Tensor& y, const Tensor& routing_weights, const Tensor& s
 void moe_combine_backward(const Tensor& dout, const Tensor& y, const Tensor& routing_weights,
                           const Tensor& slot_row, Tensor& dy, Tensor& d_routing_weights) {
   const char* op = "moe_combine_backward";
+  if (any_on_cuda({&dout, &y, &routing_weights, &slot_row, &dy, &d_routing_weights})) {
+    require_cuda(op, {&dout, &y, &routing_weights, &slot_row, &dy, &d_routing_weights});
+    DG_CHECK(y.ndim() == 2 && dout.ndim() == 2, "{}: y {} and dout {} should be [N, H] and [T, H]", op,
+             y.describe(), dout.describe());
+    const std::int64_t t_count = dout.size(0), n = y.size(0), h = y.size(1);
+    expect_shape(op, "dout", dout, {t_count, h});
+    expect_shape(op, "dy", dy, {n, h});
+    const std::int64_t k = check_slot_row_shape(op, slot_row, t_count);
+    expect_shape(op, "routing_weights", routing_weights, {t_count, k});
+    expect_shape(op, "d_routing_weights", d_routing_weights, {t_count, k});
+    cuda::moe_combine_backward(dout, y, routing_weights, slot_row, dy, d_routing_weights);
+    return;
+  }
   require_cpu(op, {&dout, &y, &routing_weights, &slot_row, &dy, &d_routing_weights});
   DG_CHECK(y.ndim() == 2 && dout.ndim() == 2, "{}: y {} and dout {} should be [N, H] and [T, H]", op,
            y.describe(), dout.describe());
@@ -394,6 +514,13 @@ std::vector<std::int64_t> expert_offsets(const char* op, const Tensor& x, const 
 
 void grouped_gemm(const Tensor& x, const Tensor& w, const Tensor& expert_counts, Tensor& y) {
   const char* op = "grouped_gemm";
+  if (any_on_cuda({&x, &w, &expert_counts, &y})) {
+    require_cuda(op, {&x, &w, &expert_counts, &y});
+    check_grouped_shapes(op, x, w, expert_counts);
+    expect_shape(op, "y", y, {x.size(0), w.size(2)});
+    cuda::grouped_gemm(x, w, expert_counts, y);
+    return;
+  }
   require_cpu(op, {&x, &w, &expert_counts, &y});
   const std::vector<std::int64_t> off = expert_offsets(op, x, w, expert_counts);
   const std::int64_t e = w.size(0), kdim = w.size(1), m = w.size(2);
@@ -412,6 +539,15 @@ void grouped_gemm(const Tensor& x, const Tensor& w, const Tensor& expert_counts,
 void grouped_gemm_backward(const Tensor& x, const Tensor& w, const Tensor& expert_counts, const Tensor& dy,
                            Tensor* dx, Tensor* dw) {
   const char* op = "grouped_gemm_backward";
+  if (any_on_cuda({&x, &w, &expert_counts, &dy, dx, dw})) {
+    require_cuda(op, {&x, &w, &expert_counts, &dy, dx, dw});
+    check_grouped_shapes(op, x, w, expert_counts);
+    expect_shape(op, "dy", dy, {x.size(0), w.size(2)});
+    if (dx) expect_shape(op, "dx", *dx, x.shape());
+    if (dw) expect_shape(op, "dw", *dw, w.shape());
+    cuda::grouped_gemm_backward(x, w, expert_counts, dy, dx, dw);
+    return;
+  }
   require_cpu(op, {&x, &w, &expert_counts, &dy, dx, dw});
   const std::vector<std::int64_t> off = expert_offsets(op, x, w, expert_counts);
   const std::int64_t e = w.size(0), kdim = w.size(1), m = w.size(2);
@@ -431,6 +567,62 @@ void grouped_gemm_backward(const Tensor& x, const Tensor& w, const Tensor& exper
       cpu::sgemm(true, false, kdim, m, rows, 1.0f, px + off[i] * kdim, kdim, pdy + off[i] * m, m, 1.0f,
                  dw->data<float>() + i * kdim * m, m);
   }
+}
+
+// ---- Grouped GEMM plan ------------------------------------------------------------------------------
+
+GroupedGemmPlan grouped_gemm_plan(const char* op, const std::vector<std::int32_t>& expert_counts, std::int64_t rows,
+                                  std::int64_t kdim, std::int64_t mdim, GroupedGemmPass pass, std::int64_t tile_rows,
+                                  std::int64_t tile_cols) {
+  DG_CHECK(tile_rows >= 1 && tile_cols >= 1, "{}: tile {}x{} must be positive", op, tile_rows, tile_cols);
+  DG_CHECK(kdim >= 0 && mdim >= 0, "{}: dimensions K = {}, M = {} must be non-negative", op, kdim, mdim);
+  const std::int64_t e = static_cast<std::int64_t>(expert_counts.size());
+  GroupedGemmPlan plan;
+  plan.row_offset.assign(static_cast<std::size_t>(e) + 1, 0);
+  for (std::int64_t i = 0; i < e; ++i) {
+    if (expert_counts[i] < 0) fail("{}: expert {} has a negative row count {}", op, i, expert_counts[i]);
+    plan.row_offset[i + 1] = plan.row_offset[i] + expert_counts[i];
+  }
+  if (plan.row_offset[e] != rows) fail("{}: expert_counts sum to {} but x has {} rows", op, plan.row_offset[e], rows);
+
+  switch (pass) {
+    case GroupedGemmPass::forward: plan.lda = kdim, plan.ldb = mdim, plan.ldc = mdim; break;
+    case GroupedGemmPass::d_input: plan.trans_b = true, plan.lda = mdim, plan.ldb = mdim, plan.ldc = kdim; break;
+    case GroupedGemmPass::d_weight: plan.trans_a = true, plan.lda = kdim, plan.ldb = mdim, plan.ldc = mdim; break;
+  }
+  std::int64_t tile_count = 0;
+  for (std::int64_t i = 0; i < e; ++i) {
+    const std::int64_t off = plan.row_offset[i], count = expert_counts[i];
+    if (count == 0) continue;  // no problem: the expert's dw[e] stays untouched
+    GroupedGemmProblem p;
+    p.expert = i;
+    switch (pass) {
+      case GroupedGemmPass::forward:
+        p.a_offset = off * kdim, p.b_offset = i * kdim * mdim, p.c_offset = off * mdim;
+        p.m = count, p.n = mdim, p.k = kdim;
+        break;
+      case GroupedGemmPass::d_input:
+        p.a_offset = off * mdim, p.b_offset = i * kdim * mdim, p.c_offset = off * kdim;
+        p.m = count, p.n = kdim, p.k = mdim;
+        break;
+      case GroupedGemmPass::d_weight:
+        p.a_offset = off * kdim, p.b_offset = off * mdim, p.c_offset = i * kdim * mdim;
+        p.m = kdim, p.n = mdim, p.k = count;
+        break;
+    }
+    tile_count += ((p.m + tile_rows - 1) / tile_rows) * ((p.n + tile_cols - 1) / tile_cols);
+    plan.problems.push_back(p);
+  }
+  DG_CHECK(tile_count <= INT32_MAX, "{}: {} output tiles overflow one launch", op, tile_count);
+  plan.tiles.reserve(static_cast<std::size_t>(tile_count));
+  for (std::size_t pi = 0; pi < plan.problems.size(); ++pi) {
+    const GroupedGemmProblem& p = plan.problems[pi];
+    const std::int64_t tiles_m = (p.m + tile_rows - 1) / tile_rows, tiles_n = (p.n + tile_cols - 1) / tile_cols;
+    for (std::int64_t tm = 0; tm < tiles_m; ++tm)
+      for (std::int64_t tn = 0; tn < tiles_n; ++tn)
+        plan.tiles.push_back({static_cast<std::int32_t>(pi), static_cast<std::int32_t>(tm), static_cast<std::int32_t>(tn)});
+  }
+  return plan;
 }
 
 }  // namespace dg

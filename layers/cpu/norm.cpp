@@ -34,6 +34,11 @@ void rms_norm(const Tensor& x, const Tensor* weight, float eps, Tensor& y, Tenso
   check_rows_and_weight("rms_norm", x, weight, rstd);
   DG_CHECK(y.shape() == x.shape(), "rms_norm: y {} should have the shape of x {}", y.describe(), x.describe());
   DG_CHECK(eps >= 0.f, "rms_norm: eps {} must be non-negative", eps);
+  if (any_on_cuda({&x, weight, &y, &rstd})) {
+    require_cuda("rms_norm", {&x, weight, &y, &rstd});
+    cuda::rms_norm(x, weight, eps, y, rstd);
+    return;
+  }
   require_cpu("rms_norm", {&x, weight, &y, &rstd});
   check_f32("rms_norm", {&x, weight, &y, &rstd});
   cpu::rms_norm(x, weight, eps, y, rstd);
@@ -50,6 +55,11 @@ void rms_norm_backward(const Tensor& dy, const Tensor& x, const Tensor* weight, 
   if (dweight)
     DG_CHECK(dweight->shape() == weight->shape(), "rms_norm_backward: dweight {} should have the shape of weight {}",
              dweight->describe(), weight->describe());
+  if (any_on_cuda({&dy, &x, weight, &rstd, &dx, dweight})) {
+    require_cuda("rms_norm_backward", {&dy, &x, weight, &rstd, &dx, dweight});
+    cuda::rms_norm_backward(dy, x, weight, rstd, dx, dweight);
+    return;
+  }
   require_cpu("rms_norm_backward", {&dy, &x, weight, &rstd, &dx, dweight});
   check_f32("rms_norm_backward", {&dy, &x, weight, &rstd, &dx, dweight});
   cpu::rms_norm_backward(dy, x, weight, rstd, dx, dweight);

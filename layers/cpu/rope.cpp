@@ -11,7 +11,8 @@ namespace dg {
 
 namespace {
 
-void check_rotation(const char* op, const Tensor& x, const Tensor& cos, const Tensor& sin, const Tensor& y) {
+// Shapes of a rotation; true when it runs on the device (every operand there), false for the f32 CPU op.
+bool check_rotation(const char* op, const Tensor& x, const Tensor& cos, const Tensor& sin, const Tensor& y) {
   DG_CHECK(x.ndim() == 3, "{}: input {} should be [T, heads, hd]", op, x.describe());
   DG_CHECK(x.size(2) % 2 == 0, "{}: head dim of {} must be even for rotate-half pairs", op, x.describe());
   const Shape table{x.size(0), x.size(2) / 2};
@@ -19,9 +20,14 @@ void check_rotation(const char* op, const Tensor& x, const Tensor& cos, const Te
            cos.describe(), sin.describe(), shape_str(table), x.describe());
   DG_CHECK(y.shape() == x.shape(), "{}: output {} should have the shape of the input {}", op, y.describe(),
            x.describe());
+  if (any_on_cuda({&x, &cos, &sin, &y})) {
+    require_cuda(op, {&x, &cos, &sin, &y});
+    return true;
+  }
   require_cpu(op, {&x, &cos, &sin, &y});
   for (const Tensor* t : {&x, &cos, &sin, &y})
     DG_CHECK(t->dtype() == DType::F32, "{}: the CPU op is f32 only, got {}", op, t->describe());
+  return false;
 }
 
 // One rotation by +angle (sign = 1) or −angle (sign = −1) of every head of every token.
@@ -87,6 +93,11 @@ void rope_table(const Tensor& positions, const Tensor& inv_freq, Tensor& cos, Te
   const Shape table{positions.size(0), inv_freq.size(0)};
   DG_CHECK(cos.shape() == table && sin.shape() == table, "rope_table: cos {} and sin {} should be {}", cos.describe(),
            sin.describe(), shape_str(table));
+  if (any_on_cuda({&positions, &inv_freq, &cos, &sin})) {
+    require_cuda("rope_table", {&positions, &inv_freq, &cos, &sin});
+    cuda::rope_table(positions, inv_freq, cos, sin);
+    return;
+  }
   require_cpu("rope_table", {&positions, &inv_freq, &cos, &sin});
   DG_CHECK(cos.dtype() == DType::F32 && sin.dtype() == DType::F32, "rope_table: the CPU op is f32 only: {}, {}",
            cos.describe(), sin.describe());
@@ -94,12 +105,18 @@ void rope_table(const Tensor& positions, const Tensor& inv_freq, Tensor& cos, Te
 }
 
 void rope(const Tensor& x, const Tensor& cos, const Tensor& sin, Tensor& y) {
-  check_rotation("rope", x, cos, sin, y);
+  if (check_rotation("rope", x, cos, sin, y)) {
+    cuda::rope(x, cos, sin, y);
+    return;
+  }
   cpu::rope(x, cos, sin, y);
 }
 
 void rope_backward(const Tensor& dy, const Tensor& cos, const Tensor& sin, Tensor& dx) {
-  check_rotation("rope_backward", dy, cos, sin, dx);
+  if (check_rotation("rope_backward", dy, cos, sin, dx)) {
+    cuda::rope_backward(dy, cos, sin, dx);
+    return;
+  }
   cpu::rope_backward(dy, cos, sin, dx);
 }
 

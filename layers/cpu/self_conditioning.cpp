@@ -1,4 +1,5 @@
-// lm_head_soft_embedding on the CPU: chunked logits, online softmax, accumulated soft embedding.
+// lm_head_soft_embedding: shape checks and dispatch (device tensors go to dg::cuda, layers/cuda/head.cpp),
+// and the CPU path: chunked logits, online softmax, accumulated soft embedding.
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -9,13 +10,18 @@ namespace dg {
 
 void lm_head_soft_embedding(const Tensor& hidden, const Tensor& embedding, float temperature, float scale,
                             Tensor& soft, const LmHeadOpts& opts) {
-  require_cpu("lm_head_soft_embedding", {&hidden, &embedding, &soft});
   DG_CHECK(hidden.ndim() == 2 && embedding.ndim() == 2 && hidden.size(1) == embedding.size(1) &&
                soft.shape() == hidden.shape(),
            "lm_head_soft_embedding: hidden {}, embedding {}, soft {}", hidden.describe(), embedding.describe(),
            soft.describe());
   DG_CHECK(temperature > 0 && opts.vocab_chunk > 0, "lm_head_soft_embedding: temperature {} chunk {}", temperature,
            opts.vocab_chunk);
+  if (any_on_cuda({&hidden, &embedding, &soft})) {
+    require_cuda("lm_head_soft_embedding", {&hidden, &embedding, &soft});
+    cuda::lm_head_soft_embedding(hidden, embedding, temperature, scale, soft, opts);
+    return;
+  }
+  require_cpu("lm_head_soft_embedding", {&hidden, &embedding, &soft});
   const std::int64_t T = hidden.size(0), H = hidden.size(1), V = embedding.size(0);
   const std::int64_t chunk = std::min(opts.vocab_chunk, std::max<std::int64_t>(V, 1));
   Tensor lg = Tensor::empty({T, chunk}, DType::F32);

@@ -2,6 +2,7 @@
 // Row-major C = op(A) op(B) is computed as the column-major C^T = op(B)^T op(A)^T, so A and B swap places.
 #include <cublasLt.h>
 
+#include <cstdint>
 #include <memory>
 
 #include "layers/cuda/check.h"
@@ -73,6 +74,20 @@ void gemm(const Tensor& a, const Tensor& b, Tensor& c, const GemmOpts& o) {
       pref_guard(pref, cublasLtMatmulPreferenceDestroy);
   DG_CUBLAS(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws_bytes,
                                                  sizeof(ws_bytes)));
+  // cuBLASLt assumes 256-byte aligned operands unless told otherwise; row views (vocabulary chunks,
+  // expert slices) need not be, so state each pointer's actual alignment.
+  auto alignment = [](const void* p) {
+    const auto addr = reinterpret_cast<std::uintptr_t>(p);
+    std::uint32_t bytes = 256;
+    while (bytes > 1 && addr % bytes != 0) bytes /= 2;
+    return bytes;
+  };
+  const std::uint32_t al_b = alignment(b.raw()), al_a = alignment(a.raw()), al_c = alignment(c.raw());
+  // Column-major view: cuBLASLt's A is our B, its B is our A; C and D are c.
+  DG_CUBLAS(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al_b, sizeof(al_b)));
+  DG_CUBLAS(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al_a, sizeof(al_a)));
+  DG_CUBLAS(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_c, sizeof(al_c)));
+  DG_CUBLAS(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_c, sizeof(al_c)));
   cublasLtMatmulHeuristicResult_t heur{};
   int found = 0;
   DG_CUBLAS(cublasLtMatmulAlgoGetHeuristic(lt_handle(), op, lb.h, la.h, lc.h, lc.h, pref, 1, &heur, &found));

@@ -39,4 +39,13 @@ void geglu_backward(const Tensor& d_act, const Tensor& gate_up, const Tensor* we
                     Tensor* d_weights);
 }  // namespace cpu
 
+namespace cuda {
+// Device implementations (layers/cuda/activation.cpp), same arguments as the cpu:: ones. gate_up, act,
+// d_act, d_gate_up: bf16 or f32 each (fp32 math, one rounding to the output dtype); weights and
+// d_weights: f32 (routing weights stay fp32). d_weights is a per-row fp32 sum in a fixed order.
+void geglu(const Tensor& gate_up, const Tensor* weights, Tensor& act);
+void geglu_backward(const Tensor& d_act, const Tensor& gate_up, const Tensor* weights, Tensor& d_gate_up,
+                    Tensor* d_weights);
+}  // namespace cuda
+
 }  // namespace dg

@@ -8,75 +8,13 @@
 #include <cstdint>
 #include <vector>
 
+#include "layers/ops/attn_rule.h"
 #include "layers/tensor.h"
 
 namespace dg {
 
-// ---- The visibility rule ----------------------------------------------------------------------
-// Indices: a query is an own token q in [0, S); a key indexes the concatenation [cache ; own], i.e.
-// key in [0, Tc) is cached token `key` and key in [Tc, Tc + S) is own token `key - Tc`. The cache
-// must hold the Tc tokens immediately preceding the own tokens (true for the encoder K/V of SFT, a
-// full-layer cache and a W-1-trimmed sliding cache alike), so key - (Tc + q) is a position offset.
-enum class AttnMaskKind : std::int32_t {
-  // Encoder pass (model.md §6.2, training.md §4.1). Own token q sits at position Tc + q and sees
-  // keys at positions <= its own; with a window W also (Tc + q) - key < W: the W most recent keys,
-  // itself included.
-  Causal = 0,
-  // Decoder pass of generation (model.md §6.3): every canvas query sees the whole canvas
-  // (bidirectional) and all Tc cached tokens; with a window W only the last W-1 cached tokens
-  // (keys >= Tc - (W-1)), the same ones for every query (model.md §6.1: the dynamic sliding cache
-  // keeps W-1 tokens). A cache already trimmed to W-1 is therefore unchanged by the rule.
-  Generation = 1,
-  // Decoder pass of SFT (training.md §4.2), per example b with prompt length P and canvas length R
-  // (AttnExample); the cache is the encoder K/V of the clean sequence, the own tokens the canvas.
-  // Canvas query j (j < R) is in block bq = j / Bk. It sees
-  //  - encoder column c iff c < P + Bk*bq: the whole prompt and the clean response blocks < bq
-  //    (this is the spec's strict bq > bk(c) with bk(c) = (c-P)/Bk for c >= P, -1 in the prompt,
-  //    and implies c < P + R: tail padding is never visible); with a window W additionally
-  //    c >= P + Bk*bq - (W-1): the W-1 cached tokens before the block start, the same for every
-  //    query of the block (block-anchored window, clamped at 0);
-  //  - canvas key j' iff j' < R and j' / Bk == bq (its own block, bidirectional).
-  // Canvas rows j >= R (padding of a shorter example) see nothing, so they output 0 (NeMo instead
-  // unmasks their diagonal; either way no real row sees them and they carry no loss).
-  Canvas = 2,
-};
-
-struct AttnMask {
-  AttnMaskKind kind = AttnMaskKind::Causal;
-  std::int64_t window = 0;     // W of a sliding layer (config sliding_window); 0 = full-attention layer
-  std::int64_t block_len = 0;  // Canvas only: the canvas block length Bk (256 in the release)
-};
-
-// Per-example geometry of the Canvas rule (training.md §2.3); the other kinds take none.
-struct AttnExample {
-  std::int64_t prompt_len = 0;  // P_b: encoder index of the first response token (canvas token 0)
-  std::int64_t canvas_len = 0;  // R_b: valid canvas tokens (rows and keys); P_b + R_b <= Tc
-};
-
-// Whether own token q may attend key `key` under the rule (key padding not included). Pure and
-// constexpr so that the tests and the CUDA kernel evaluate exactly this rule.
-constexpr bool attn_visible(const AttnMask& m, const AttnExample& ex, std::int64_t cache_len, std::int64_t q,
-                            std::int64_t key) noexcept {
-  switch (m.kind) {
-    case AttnMaskKind::Causal: {
-      const std::int64_t pos = cache_len + q;
-      return key <= pos && (m.window == 0 || pos - key < m.window);
-    }
-    case AttnMaskKind::Generation:
-      return key >= cache_len || m.window == 0 || key >= cache_len - (m.window - 1);
-    case AttnMaskKind::Canvas: {
-      if (q >= ex.canvas_len) return false;
-      const std::int64_t block = q / m.block_len;
-      if (key >= cache_len) {
-        const std::int64_t j = key - cache_len;
-        return j < ex.canvas_len && j / m.block_len == block;
-      }
-      const std::int64_t block_start = ex.prompt_len + m.block_len * block;  // first clean token of the block
-      return key < block_start && (m.window == 0 || key >= block_start - (m.window - 1));
-    }
-  }
-  return false;
-}
+// The visibility rule (AttnMaskKind, AttnMask, AttnExample, attn_visible) and its decoded per-row
+// form (AttnRowRule, attn_row_rule) live in layers/ops/attn_rule.h, shared with the CUDA kernels.
 
 // ---- The op ------------------------------------------------------------------------------------
 // Everything attention needs besides its tensors.
@@ -93,6 +31,13 @@ struct AttnDims {
 };
 AttnDims attn_dims(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& k_cache, const Tensor& v_cache,
                    const AttnOpts& opts);
+
+// The decoded rule of own query q of batch entry b (host side of what the CUDA kernels evaluate):
+// attn_row_rule() with the entry's AttnExample (Canvas) or none. Key padding (key_valid) is separate.
+inline AttnRowRule attn_row_rule(const AttnOpts& opts, const AttnDims& d, std::int64_t b, std::int64_t q) {
+  const AttnExample ex = opts.examples.empty() ? AttnExample{} : opts.examples[static_cast<std::size_t>(b)];
+  return attn_row_rule(opts.mask, ex, d.cache_len, d.len, q);
+}
 
 // Forward.
 //   q        [B, S, nh, hd]  own queries (token-major, as the q projection writes them)
@@ -121,5 +66,16 @@ void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const
                         const AttnOpts& opts, const Tensor& out, const Tensor& lse, const Tensor& d_out, Tensor& d_q,
                         Tensor& d_k, Tensor& d_v, Tensor& d_k_cache, Tensor& d_v_cache);
 }  // namespace cpu
+
+// CUDA (layers/cuda/attention.cpp): q, k, v, k_cache, v_cache all bf16 or all f32; out, d_out, d_q,
+// d_k, d_v, d_k_cache, d_v_cache each bf16 or f32; lse f32; key_valid i32; fp32 scores, softmax and
+// accumulation. Flash-style tiles, no [S, S] matrix; deterministic (no float atomics).
+namespace cuda {
+void attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& k_cache, const Tensor& v_cache,
+               const AttnOpts& opts, Tensor& out, Tensor& lse);
+void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& k_cache, const Tensor& v_cache,
+                        const AttnOpts& opts, const Tensor& out, const Tensor& lse, const Tensor& d_out, Tensor& d_q,
+                        Tensor& d_k, Tensor& d_v, Tensor& d_k_cache, Tensor& d_v_cache);
+}  // namespace cuda
 
 }  // namespace dg

@@ -18,6 +18,8 @@
 // DETACHED (training.md §1.4, §5.1), so only the embedding table gets a gradient through the soft
 // embedding; soft_embedding_backward still offers d_logits (nullptr skips it) for completeness and tests.
 #pragma once
+#include <vector>
+
 #include "layers/tensor.h"
 
 namespace dg {
@@ -58,5 +60,39 @@ void soft_embedding_backward(const Tensor& d_soft, const Tensor& logits, const T
                              const Tensor& soft, const Tensor& lse, Tensor* d_logits, Tensor& d_table,
                              std::int64_t vocab_chunk);
 }  // namespace cpu
+
+namespace cuda {
+// Device implementations (layers/cuda/embedding.cpp); arguments already validated by the dispatchers.
+// Every tensor on the device; ids i32; tables, outputs and gradients bf16 or f32; lse f32.
+//  - embedding: out = fp32(table[id]) · scale rounded to out's dtype. The ids are copied to the host and
+//    checked first (one synchronising copy), so a bad id throws the CPU op's error.
+//  - embedding_backward: deterministic without float atomics: the ids are checked and sorted on the
+//    host (stable, so each row's tokens keep their order); one thread per (distinct id, column) adds
+//    scale · d_out[t] for that id's tokens in token order, in fp32 starting from d_table's value, as
+//    the CPU loop does (bit-identical for f32 d_table).
+//  - soft_embedding(_backward): fp32 log-sum-exp per row (logits bf16 or f32), then per vocabulary
+//    chunk the probabilities exp(logit - lse) in the table's dtype (bf16 on the production path, as the
+//    reference casts them) and cuBLASLt GEMMs with fp32 accumulation. d_soft is converted to the table's
+//    dtype for the GEMMs when it differs. Scratch: [rows, chunk] probabilities and, for d_logits,
+//    [rows, chunk] f32.
+void embedding(const Tensor& ids, const Tensor& table, float scale, Tensor& out);
+void embedding_backward(const Tensor& ids, const Tensor& d_out, float scale, Tensor& d_table);
+void soft_embedding(const Tensor& logits, const Tensor& table, float scale, Tensor& soft, Tensor& lse,
+                    std::int64_t vocab_chunk);
+void soft_embedding_backward(const Tensor& d_soft, const Tensor& logits, const Tensor& table, float scale,
+                             const Tensor& soft, const Tensor& lse, Tensor* d_logits, Tensor& d_table,
+                             std::int64_t vocab_chunk);
+}  // namespace cuda
+
+// The host plan of the deterministic embedding backward (exposed for the CPU tests): the token indices
+// sorted by id, stably (tokens of one id stay in token order), and the distinct ids with the start of
+// their run in `order` (`starts` has one more entry, the total). Throws the embedding op's error for an
+// id outside [0, vocab).
+struct EmbeddingGradPlan {
+  std::vector<std::int32_t> order;   // [T] token indices grouped by id, ascending id
+  std::vector<std::int32_t> ids;     // [U] distinct ids, ascending
+  std::vector<std::int32_t> starts;  // [U + 1] offsets into order
+};
+EmbeddingGradPlan embedding_grad_plan(const std::int32_t* ids, std::int64_t count, std::int64_t vocab);
 
 }  // namespace dg

@@ -18,6 +18,11 @@ void softcap(const Tensor& x, float cap, Tensor& y);
 // dx = dy · (1 - (y / cap)²) from the forward's output y (written; dx may be dy).
 void softcap_backward(const Tensor& y, const Tensor& dy, float cap, Tensor& dx);
 
+namespace cuda {  // softcap on the device (layers/cuda/softcap.cpp): x, y, dy, dx bf16 or f32 each, fp32 math
+void softcap(const Tensor& x, float cap, Tensor& y);
+void softcap_backward(const Tensor& y, const Tensor& dy, float cap, Tensor& dx);
+}  // namespace cuda
+
 struct LmHeadOpts {
   float softcap = 30.0f;              // final_logit_softcapping; 0 means no cap
   std::int64_t vocab_chunk = 16384;   // vocabulary rows per logits chunk; need not divide V
@@ -72,3 +77,29 @@ void lm_head_soft_embedding(const Tensor& hidden, const Tensor& embedding, float
                             Tensor& soft, const LmHeadOpts& opts = {});
 
 }  // namespace dg
+
+namespace dg::cuda {
+
+// ---- CUDA implementations of the LM-head ops above (layers/cuda/head.cpp; softcap has its own) ---------
+// Called by the dispatchers once shapes are validated. hidden and embedding: both bf16 or both f32;
+// targets, argmax, sampled i32; loss_mask, lse, entropy, logsumexp, uniforms f32; dhidden and soft bf16
+// or f32; dembedding f32 or the embedding's dtype (+=). Each vocabulary chunk's logits [rows, chunk] are
+// one cuBLASLt GEMM with fp32 accumulation into f32; softcap, online max / log-sum-exp, entropy, argmax
+// (lowest id on ties), the target logit and dlogits are fp32 kernels with fixed-order reductions and
+// double running sums across chunks. The backward forms g = dlogits in the embedding's dtype (bf16:
+// rounded, 2^-9 relative) for the two GEMMs dhidden += g·E and dE += gᵀ·h; the soft embedding likewise
+// rounds its softmax weights to bf16 (and normalises by the sum of the rounded weights). Rows are tiled
+// so a logits chunk stays <= 256 MiB; no op holds [T, V].
+double lm_head_cross_entropy(const Tensor& hidden, const Tensor& embedding, const Tensor& targets,
+                             const Tensor& loss_mask, double normaliser, Tensor& lse, const LmHeadOpts& opts);
+void lm_head_cross_entropy_backward(const Tensor& hidden, const Tensor& embedding, const Tensor& targets,
+                                    const Tensor& loss_mask, double normaliser, const Tensor& lse, float dloss,
+                                    Tensor& dhidden, Tensor* dembedding, const LmHeadOpts& opts);
+void lm_head_entropy_argmax(const Tensor& hidden, const Tensor& embedding, float temperature, Tensor& entropy,
+                            Tensor& argmax, Tensor* logsumexp, const LmHeadOpts& opts);
+void lm_head_sample(const Tensor& hidden, const Tensor& embedding, float temperature, const Tensor& logsumexp,
+                    const Tensor& uniforms, Tensor& sampled, const LmHeadOpts& opts);
+void lm_head_soft_embedding(const Tensor& hidden, const Tensor& embedding, float temperature, float scale,
+                            Tensor& soft, const LmHeadOpts& opts);
+
+}  // namespace dg::cuda

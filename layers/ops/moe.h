@@ -14,8 +14,11 @@
 // moe_router_backward turns into d(r) even while the router's own parameters are frozen.
 //
 // Index tensors (expert ids, counts, rows) are i32 and live on the same device as the activations.
-// All ops are CPU-only for now (fp32); a device tensor gives a dg::Error from require_cpu.
+// Each op runs on the CPU (fp32) or, when its tensors are on the device, on CUDA (the dg::cuda block
+// at the end of this file; bf16 or f32 activations and weights, fp32 accumulation, deterministic).
 #pragma once
+#include <vector>
+
 #include "layers/tensor.h"
 
 namespace dg {
@@ -90,5 +93,78 @@ void grouped_gemm(const Tensor& x, const Tensor& w, const Tensor& expert_counts,
 // Experts with no rows leave their dw[e] untouched.
 void grouped_gemm_backward(const Tensor& x, const Tensor& w, const Tensor& expert_counts, const Tensor& dy,
                            Tensor* dx, Tensor* dw);
+
+// ---- Grouped GEMM plan (the host side of the CUDA grouped GEMM; plain C++, CPU-tested) ---------------
+// One pass of grouped_gemm / grouped_gemm_backward as a list of independent GEMM problems, one per
+// expert WITH rows (an expert with zero rows gets no problem, so its dw[e] is never touched, not even
+// by a beta = 1 rescale), and the output tiles of all problems in one list: the CUDA kernel runs one
+// thread block per tile, so the whole pass is a single launch whatever the number of experts.
+// Problem p computes C_p [m, n] = op(A_p) [m, k] · op(B_p) [k, n] (+ beta · C_p), with row-major
+// operands at element offsets a/b/c_offset and the pass-wide leading dimensions lda/ldb/ldc:
+//   op(A)(i, q) = A[a_offset + i·lda + q], or A[a_offset + q·lda + i] when trans_a
+//   op(B)(q, j) = B[b_offset + q·ldb + j], or B[b_offset + j·ldb + q] when trans_b
+//   C(i, j)     = C[c_offset + i·ldc + j]
+// With x [N,K], w [E,K,M], dy [N,M] and off_e the first row of expert e:
+//   forward   y [N,M]  = x_e · w[e]:     A = x,  B = w,  C = y;  m = rows_e, n = M, k = K
+//   d_input   dx [N,K] = dy_e · w[e]ᵀ:   A = dy, B = w (trans_b), C = dx; m = rows_e, n = K, k = M
+//   d_weight  dw[e] += x_eᵀ · dy_e:       A = x (trans_a), B = dy, C = dw; m = K, n = M, k = rows_e
+// Tiles are (problem, tile_m, tile_n) with tile_m < ceil(m / tile_rows), tile_n < ceil(n / tile_cols),
+// ordered by problem, then tile_m, then tile_n; together they cover every C_p element exactly once.
+// Negative counts and counts that do not sum to `rows` (N) are a dg::Error naming `op`.
+enum class GroupedGemmPass { forward, d_input, d_weight };
+struct GroupedGemmProblem {
+  std::int64_t expert = 0;
+  std::int64_t a_offset = 0, b_offset = 0, c_offset = 0;
+  std::int64_t m = 0, n = 0, k = 0;
+};
+struct GroupedGemmTile {
+  std::int32_t problem = 0, tile_m = 0, tile_n = 0;
+};
+struct GroupedGemmPlan {
+  std::vector<std::int64_t> row_offset;  // [E + 1]: off_e, the last entry is N
+  bool trans_a = false, trans_b = false;
+  std::int64_t lda = 0, ldb = 0, ldc = 0;
+  std::vector<GroupedGemmProblem> problems;
+  std::vector<GroupedGemmTile> tiles;
+};
+GroupedGemmPlan grouped_gemm_plan(const char* op, const std::vector<std::int32_t>& expert_counts, std::int64_t rows,
+                                  std::int64_t kdim, std::int64_t mdim, GroupedGemmPass pass, std::int64_t tile_rows,
+                                  std::int64_t tile_cols);
+
+// ---- CUDA implementations (layers/cuda/moe.cpp), called by the dispatchers above ----------------------
+// Shapes were validated by the dispatchers; these check dtypes. Activations and weights are bf16 or f32
+// (bf16 is the production path), index tensors i32, router statistics (probs, rstd, routing weights and
+// their gradient) f32, router parameter gradients f32. All sums accumulate in fp32 in a fixed order:
+// results do not depend on scheduling, and no op uses float atomics.
+//  - moe_router: one fused kernel (RMSNorm, scale, projection, softmax, top-k with the lower-id tie
+//    rule, renormalisation). A non-finite logit is a dg::Error naming the token (one stream sync).
+//  - moe_router_backward: one fused kernel per token block; the optional parameter gradients go through
+//    [T,E] / [T,H] / [T,k] fp32 scratch and fixed-order column / per-expert sums (proj via cuBLASLt).
+//  - moe_permute_plan: a stable counting sort (per-chunk histograms, an ordered scan, in-order placement)
+//    on the device; returns N to the host (one stream sync), reporting bad expert ids like the CPU.
+//  - moe_gather / moe_gather_backward / moe_combine / moe_combine_backward: gather-style kernels, one
+//    block per row, per-token sums in slot order (no scatter-add). They trust the plan: an index
+//    outside its range is never dereferenced (it is treated as a dropped slot), but no error is raised
+//    (that would cost a sync per op); the CPU backend diagnoses malformed plans.
+//  - grouped_gemm / grouped_gemm_backward: one launch per pass of a tiled tensor-core kernel (bf16 WMMA,
+//    fp32 accumulators; fp32 FMA for f32 operands) over the tiles of grouped_gemm_plan. Reads the E
+//    counts to the host to plan (one small copy + sync). dx/y bf16 or f32; dw bf16 or f32, += .
+namespace cuda {
+void moe_router(const Tensor& r, const Tensor& scale, const Tensor& proj, const Tensor& per_expert_scale,
+                Tensor& expert_ids, Tensor& routing_weights, Tensor& probs, Tensor& rstd, float eps);
+void moe_router_backward(const Tensor& r, const Tensor& scale, const Tensor& proj, const Tensor& per_expert_scale,
+                         const Tensor& expert_ids, const Tensor& probs, const Tensor& rstd,
+                         const Tensor& d_routing_weights, Tensor& dr, const RouterGrads& grads);
+std::int64_t moe_permute_plan(const Tensor& expert_ids, std::int64_t num_experts, Tensor& expert_counts,
+                              Tensor& row_token, Tensor& slot_row, const Tensor& token_mask);
+void moe_gather(const Tensor& x, const Tensor& row_token, Tensor& xp);
+void moe_gather_backward(const Tensor& dxp, const Tensor& slot_row, Tensor& dx);
+void moe_combine(const Tensor& y, const Tensor& routing_weights, const Tensor& slot_row, Tensor& out);
+void moe_combine_backward(const Tensor& dout, const Tensor& y, const Tensor& routing_weights,
+                          const Tensor& slot_row, Tensor& dy, Tensor& d_routing_weights);
+void grouped_gemm(const Tensor& x, const Tensor& w, const Tensor& expert_counts, Tensor& y);
+void grouped_gemm_backward(const Tensor& x, const Tensor& w, const Tensor& expert_counts, const Tensor& dy,
+                           Tensor* dx, Tensor* dw);
+}  // namespace cuda
 
 }  // namespace dg

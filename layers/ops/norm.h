@@ -31,4 +31,14 @@ void rms_norm_backward(const Tensor& dy, const Tensor& x, const Tensor* weight, 
                        Tensor* dweight);
 }  // namespace cpu
 
+namespace cuda {
+// Device implementations (layers/cuda/norm.cpp); arguments already validated by the dispatchers above.
+// x, y, dy, dx: bf16 or f32, one dtype for all four; weight: bf16 or f32; dweight: bf16 or f32;
+// rstd: f32. Row statistics are fp32 sums of fp32 products; dweight is reduced over rows in a fixed
+// order (per-chunk partials, then the chunks in order), so results are deterministic.
+void rms_norm(const Tensor& x, const Tensor* weight, float eps, Tensor& y, Tensor& rstd);
+void rms_norm_backward(const Tensor& dy, const Tensor& x, const Tensor* weight, const Tensor& rstd, Tensor& dx,
+                       Tensor* dweight);
+}  // namespace cuda
+
 }  // namespace dg

@@ -54,4 +54,16 @@ void rope(const Tensor& x, const Tensor& cos, const Tensor& sin, Tensor& y);
 void rope_backward(const Tensor& dy, const Tensor& cos, const Tensor& sin, Tensor& dx);
 }  // namespace cpu
 
+namespace cuda {
+// Device implementations (layers/cuda/rope.cpp); arguments already validated by the dispatchers above.
+// rope_table: positions i32, inv_freq f32, cos/sin f32 or bf16 (the §8.4 cast done by the op); the angle
+// is the same fp32 product as on the CPU and cos/sin are evaluated in double and rounded once, so an f32
+// table equals the CPU table. A negative position is a dg::Error naming it (one device-to-host copy).
+// rope / rope_backward: x, y (dy, dx) bf16 or f32, one dtype; cos, sin bf16 or f32, one dtype; each
+// pair rotated in fp32 (products and sum rounded to fp32 as on the CPU) and rounded once to the output.
+void rope_table(const Tensor& positions, const Tensor& inv_freq, Tensor& cos, Tensor& sin);
+void rope(const Tensor& x, const Tensor& cos, const Tensor& sin, Tensor& y);
+void rope_backward(const Tensor& dy, const Tensor& cos, const Tensor& sin, Tensor& dx);
+}  // namespace cuda
+
 }  // namespace dg
