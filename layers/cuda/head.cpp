@@ -35,37 +35,7 @@ namespace {
 // Largest logits chunk held at once, in floats (256 MiB): rows per tile = kLogitsBudget / vocab_chunk.
 constexpr std::int64_t kLogitsBudget = std::int64_t{64} << 20;
 
-// Device scratch in stream order (cudaMallocAsync's pool): freed after the work enqueued before it.
-class Scratch {
- public:
-  explicit Scratch(std::size_t bytes) {
-    if (bytes) DG_CUDA(cudaMallocAsync(&p_, bytes, stream()));
-  }
-  ~Scratch() {
-    if (p_) cudaFreeAsync(p_, stream());
-  }
-  Scratch(const Scratch&) = delete;
-  Scratch& operator=(const Scratch&) = delete;
-  template <class T>
-  T* as() const {
-    return static_cast<T*>(p_);
-  }
-
- private:
-  void* p_ = nullptr;
-};
-
-template <class T>
-void to_device(T* dst, const T* src, std::size_t count) {
-  if (count) DG_CUDA(cudaMemcpyAsync(dst, src, count * sizeof(T), cudaMemcpyHostToDevice, stream()));
-}
-
-// Copies count elements to the host and waits for them (and for everything enqueued before).
-template <class T>
-void to_host(T* dst, const T* src, std::size_t count) {
-  if (count) DG_CUDA(cudaMemcpyAsync(dst, src, count * sizeof(T), cudaMemcpyDeviceToHost, stream()));
-  DG_CUDA(cudaStreamSynchronize(stream()));
-}
+// Scratch, to_device, to_host: layers/cuda/context.h.
 
 bool f32_or_bf16(const Tensor& t) { return t.dtype() == DType::F32 || t.dtype() == DType::BF16; }
 

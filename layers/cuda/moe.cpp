@@ -34,37 +34,7 @@ void expect_type(const char* op, const char* name, const Tensor& t, DType dtype)
   DG_CHECK(t.dtype() == dtype, "{}: {} must be {} on the device, got {}", op, name, dtype_name(dtype), t.describe());
 }
 
-// Device scratch in stream order (cudaMallocAsync's pool): freed after the work enqueued before it.
-class Scratch {
- public:
-  explicit Scratch(std::size_t bytes) {
-    if (bytes) DG_CUDA(cudaMallocAsync(&p_, bytes, stream()));
-  }
-  ~Scratch() {
-    if (p_) cudaFreeAsync(p_, stream());
-  }
-  Scratch(const Scratch&) = delete;
-  Scratch& operator=(const Scratch&) = delete;
-  template <class T>
-  T* as() const {
-    return static_cast<T*>(p_);
-  }
-
- private:
-  void* p_ = nullptr;
-};
-
-template <class T>
-void to_device(T* dst, const T* src, std::size_t count) {
-  if (count) DG_CUDA(cudaMemcpyAsync(dst, src, count * sizeof(T), cudaMemcpyHostToDevice, stream()));
-}
-
-// Copies count elements to the host and waits for them (and for everything enqueued before).
-template <class T>
-void to_host(T* dst, const T* src, std::size_t count) {
-  if (count) DG_CUDA(cudaMemcpyAsync(dst, src, count * sizeof(T), cudaMemcpyDeviceToHost, stream()));
-  DG_CUDA(cudaStreamSynchronize(stream()));
-}
+// Scratch, to_device, to_host: layers/cuda/context.h.
 
 Tensor device_view(void* p, Shape shape) { return Tensor::view_of(p, std::move(shape), DType::F32, Device::CUDA); }
 
