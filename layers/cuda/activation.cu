@@ -6,32 +6,16 @@
 #include <type_traits>
 
 #include "layers/cuda/activation_kernels.h"
+#include "layers/cuda/device_util.cuh"
 
 namespace dg::cuda::kernels {
 
 namespace {
 
-__device__ __forceinline__ float to_f32(float v) { return v; }
-__device__ __forceinline__ float to_f32(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <class T>
-__device__ __forceinline__ T from_f32(float v) {
-  if constexpr (std::is_same_v<T, float>) return v;
-  else return __float2bfloat16_rn(v);
-}
-
-template <class T>
-struct Tag {
-  using type = T;
-};
-
-template <class F>
-cudaError_t with_type(DType t, F&& f) {
-  switch (t) {
-    case DType::F32: return f(Tag<float>{});
-    case DType::BF16: return f(Tag<__nv_bfloat16>{});
-    default: return cudaErrorInvalidValue;
-  }
-}
+using util::from_f32;  // layers/cuda/device_util.cuh
+using util::Tag;
+using util::to_f32;
+using util::with_type;
 
 constexpr float kSqrt2OverPi = 0.7978845608028654f;
 constexpr float kCubic = 0.044715f;

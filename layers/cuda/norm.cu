@@ -7,33 +7,16 @@
 #include <type_traits>
 
 #include "layers/cuda/norm_kernels.h"
+#include "layers/cuda/device_util.cuh"
 
 namespace dg::cuda::kernels {
 
 namespace {
 
-__device__ __forceinline__ float to_f32(float v) { return v; }
-__device__ __forceinline__ float to_f32(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <class T>
-__device__ __forceinline__ T from_f32(float v) {
-  if constexpr (std::is_same_v<T, float>) return v;
-  else return __float2bfloat16_rn(v);
-}
-
-template <class T>
-struct Tag {
-  using type = T;
-};
-
-// Calls f(Tag<float>) or f(Tag<__nv_bfloat16>) for an f32 / bf16 dtype.
-template <class F>
-cudaError_t with_type(DType t, F&& f) {
-  switch (t) {
-    case DType::F32: return f(Tag<float>{});
-    case DType::BF16: return f(Tag<__nv_bfloat16>{});
-    default: return cudaErrorInvalidValue;
-  }
-}
+using util::from_f32;  // layers/cuda/device_util.cuh
+using util::Tag;
+using util::to_f32;
+using util::with_type;
 
 // Sum over the block (blockDim.x a multiple of 32, at most 1024). Every thread gets the same value:
 // the xor butterfly adds the same pairs in every lane (addition is commutative), and every thread adds
