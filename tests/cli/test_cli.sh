@@ -2,25 +2,12 @@
 # End-to-end checks of the dgemma command: exit codes, messages, help, and that a failed run leaves
 # existing output files untouched. Usage: test_cli.sh /path/to/dgemma
 set -u
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 DGEMMA=${1:?usage: test_cli.sh /path/to/dgemma}
+source "$HERE/lib.sh"  # expect, check, passed/failed
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 cd "$WORK"
-passed=0 failed=0
-
-# expect CODE PATTERN -- command...: exit code must be CODE and stdout+stderr must match PATTERN.
-expect() {
-  local code=$1 pattern=$2; shift 3
-  local out rc
-  out=$("$@" 2>&1); rc=$?
-  if [[ $rc -eq $code ]] && grep -qE -- "$pattern" <<<"$out"; then
-    passed=$((passed + 1))
-  else
-    failed=$((failed + 1))
-    printf 'FAIL: %s\n  expected exit %s and /%s/, got exit %s:\n%s\n' "$*" "$code" "$pattern" "$rc" "$out"
-  fi
-}
-
 expect 2 "Usage: dgemma <job>" -- "$DGEMMA"
 expect 0 "Exit codes" -- "$DGEMMA" --help
 expect 0 "^dgemma [0-9]" -- "$DGEMMA" --version

@@ -4,25 +4,15 @@
 # the model loads, and bad inputs fail cleanly without clobbering outputs.
 # Usage: test_convert.sh /path/to/dgemma /path/to/fixture-hf-dir
 set -u
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 DGEMMA=${1:?dgemma}
 SRC=${2:?fixture dir}
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 cd "$WORK"
-passed=0 failed=0
+source "$HERE/lib.sh"  # expect, check, passed/failed
 MPI=(mpiexec --oversubscribe --bind-to none)
 
-expect() {
-  local code=$1 pattern=$2; shift 3
-  local out rc
-  out=$("$@" 2>&1); rc=$?
-  if [[ $rc -eq $code ]] && grep -qE -- "$pattern" <<<"$out"; then passed=$((passed + 1)); else
-    failed=$((failed + 1)); printf 'FAIL: %s\n  expected exit %s and /%s/, got exit %s:\n%s\n' "$*" "$code" "$pattern" "$rc" "$out"; fi
-}
-check() {  # check "description" command...
-  local what=$1; shift
-  if "$@"; then passed=$((passed + 1)); else failed=$((failed + 1)); echo "FAIL: $what"; fi
-}
 
 expect 0 "convert: 159 tensors" -- "$DGEMMA" convert --from hf --to h5 --in "$SRC" --out ck1 --step 5
 check "latest points at step 5" grep -q step_00000005 ck1/latest

@@ -4,21 +4,14 @@
 # interrupted run, and outputs never clobbered by a failed run.
 # Usage: test_generate.sh /path/to/dgemma /path/to/tokenizer-dir
 set -u
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 DGEMMA=${1:?dgemma}
 TOK=${2:?tokenizer dir}
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 cd "$WORK"
-passed=0 failed=0
+source "$HERE/lib.sh"  # expect, check, passed/failed
 MPI=(mpiexec --oversubscribe --bind-to none)
-expect() {
-  local code=$1 pattern=$2; shift 3
-  local out rc
-  out=$("$@" 2>&1); rc=$?
-  if [[ $rc -eq $code ]] && grep -qE -- "$pattern" <<<"$out"; then passed=$((passed + 1)); else
-    failed=$((failed + 1)); printf 'FAIL: %s\n  expected exit %s and /%s/, got exit %s:\n%s\n' "$*" "$code" "$pattern" "$rc" "$out"; fi
-}
-check() { local what=$1; shift; if "$@"; then passed=$((passed + 1)); else failed=$((failed + 1)); echo "FAIL: $what"; fi; }
 
 "$DGEMMA" init --preset tiny --out model --dtype f32 --seed 5 --tokenizer "$TOK" > /dev/null || { echo "init failed"; exit 1; }
 cat > in.jsonl <<'JSONL'

@@ -10,25 +10,15 @@
 #   - bad data and bad options fail with exit 2 and a message naming the problem; nothing is clobbered.
 # Usage: test_sft.sh /path/to/dgemma
 set -u
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 DGEMMA=${1:?dgemma}
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 cd "$WORK"
-passed=0 failed=0
+source "$HERE/lib.sh"  # expect, check, passed/failed
 MPI=(mpiexec --oversubscribe --bind-to none)
 export OPENBLAS_NUM_THREADS=1
 
-expect() {
-  local code=$1 pattern=$2; shift 3
-  local out rc
-  out=$("$@" 2>&1); rc=$?
-  if [[ $rc -eq $code ]] && grep -qE -- "$pattern" <<<"$out"; then passed=$((passed + 1)); else
-    failed=$((failed + 1)); printf 'FAIL: %s\n  expected exit %s and /%s/, got exit %s:\n%s\n' "$*" "$code" "$pattern" "$rc" "$(tail -n 30 <<<"$out")"; fi
-}
-check() {  # check "description" command...
-  local what=$1; shift
-  if "$@"; then passed=$((passed + 1)); else failed=$((failed + 1)); echo "FAIL: $what"; fi
-}
 # The fields of metrics.jsonl that must match bit for bit (elapsed time and throughput excluded).
 losses() { sed -E 's/.*("ar_loss":[^,]*).*("diffusion_loss":[^,]*).*("grad_norm":[^,]*).*("loss":[^,]*).*("lr":[^,]*).*("step":[0-9]+).*/\6 \1 \2 \3 \4 \5/' "$1"; }
 
@@ -42,7 +32,7 @@ first=$(head -n 5 learn/metrics.jsonl | sed -E 's/.*"loss":([^,]*).*/\1/' | awk 
 last=$(tail -n 5 learn/metrics.jsonl | sed -E 's/.*"loss":([^,]*).*/\1/' | awk '{s+=$1} END {print s/NR}')
 check "loss falls: first 5 steps $first, last 5 $last (need last < 0.6 first)" awk -v a="$first" -v b="$last" 'BEGIN {exit !(b < 0.6 * a)}'
 expect 0 "inspect: OK" -- "$DGEMMA" inspect --path learn/hf-final
-head -n 3 "$(dirname "$0")/../../jobs/examples/tiny-task/heldout.jsonl" >heldout.jsonl 2>/dev/null ||
+head -n 3 "$HERE/../../jobs/examples/tiny-task/heldout.jsonl" >heldout.jsonl 2>/dev/null ||
   printf '{"id":"a","prompt":"Add one to each digit: 1 2 3","reference":"2 3 4"}\n' >heldout.jsonl
 expect 0 "exact match [0-9]+/[0-9]+" -- "$DGEMMA" generate --model learn/hf-final --input heldout.jsonl --output gen.jsonl
 check "every held-out line scored" test "$(grep -c '"exact_match"' gen.jsonl)" -eq "$(wc -l <heldout.jsonl)"
