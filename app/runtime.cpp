@@ -46,6 +46,8 @@ Runtime start_runtime(int* argc, char*** argv, bool use_gpu) {
   MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rt.rank, MPI_INFO_NULL, &node);
   MPI_Comm_rank(node, &rt.local_rank);
   MPI_Comm_size(node, &rt.local_size);
+  rt.node_id = rt.rank;  // the world rank of the node's first rank
+  MPI_Bcast(&rt.node_id, 1, MPI_INT, 0, node);
   MPI_Comm_free(&node);
   int leader = rt.local_rank == 0 ? 1 : 0;
   MPI_Allreduce(&leader, &rt.nodes, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);

@@ -12,6 +12,7 @@ struct Runtime {
   int rank = 0, size = 1;
   int local_rank = 0, local_size = 1;  // within the node (MPI_Comm_split_type SHARED)
   int nodes = 1;
+  int node_id = 0;                     // the world rank of this node's first rank (same on a node)
   int cuda_device = -1;                // selected device ordinal, -1 when running on the CPU
   std::string device_description;      // "cpu" or the GPU's name and memory
   std::unique_ptr<Comm> world;         // host comm over all ranks

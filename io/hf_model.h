@@ -4,6 +4,7 @@
 // (listed in `carried`), and any other tensor is an error naming the directory and the tensor.
 #pragma once
 #include <nlohmann/json.hpp>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -20,6 +21,25 @@ struct HfModel {
 };
 
 HfModel load_hf_model(const std::string& dir);
+
+// The model tensors of an HF directory read by native name, whole or as any element range of the native
+// row-major flattening, straight from the mmap'ed safetensors files (converted to f32, the experts
+// transposed one expert at a time): a rank of a sharded job reads only the slices it owns, and nothing
+// builds the model. The constructor checks the directory as load_hf_model does (every tensor present once
+// with its shape and a float dtype, carried tensors listed, unknown tensors an error).
+class HfTensorReader {
+ public:
+  HfTensorReader(const std::string& dir, const ModelConfig& c);
+  HfTensorReader(HfTensorReader&&) noexcept;
+  ~HfTensorReader();
+  // dst[0 .. end-begin) = elements [begin, end) of the native tensor `native` (shape from the config).
+  void read(const std::string& native, std::int64_t begin, std::int64_t end, float* dst) const;
+  const std::vector<std::string>& carried() const;  // HF names
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
 
 // A JSON file, ConfigError naming the file when it is missing or malformed.
 nlohmann::json read_json_file(const std::string& path);

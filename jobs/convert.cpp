@@ -21,6 +21,7 @@
 #include "io/hf_model.h"
 #include "io/hf_names.h"
 #include "io/safetensors.h"
+#include "jobs/export.h"
 #include "jobs/jobs.h"
 #include "parallel/comm.h"
 
@@ -35,7 +36,7 @@ void convert_options(po::options_description& d) {
       ("in", po::value<std::string>()->value_name("PATH"), "input: HF model directory, or checkpoint dir / step dir")
       ("out", po::value<std::string>()->value_name("PATH"), "output: HF model directory, or checkpoint dir")
       ("step", po::value<std::int64_t>()->default_value(0), "hf -> h5: the step number the checkpoint gets")
-      ("role", po::value<std::string>()->default_value("param"), "h5 -> hf: which weights to export (param or master)")
+      ("role", po::value<std::string>()->default_value("auto"), "h5 -> hf: which weights to export: param, master (sft checkpoints), or auto (param when present, else master)")
       ("dtype", po::value<std::string>()->default_value("keep"), "h5 -> hf: model tensors as keep, bf16 or f32")
       ("max-shard-size", po::value<std::string>()->default_value("5GB"), "h5 -> hf: shard size limit")
       ("tokenizer", po::value<std::string>()->value_name("DIR"), "h5 -> hf: copy tokenizer files from DIR")
@@ -164,15 +165,23 @@ int hf_to_h5(JobContext& ctx, const std::string& in, const std::string& out) {
   return 0;
 }
 
-int h5_to_hf(JobContext& ctx, const std::string& in, const std::string& out) {
-  Comm& world = *ctx.rt.world;
+}  // namespace
+
+int export_checkpoint_to_hf(Comm& world, const std::string& in, const std::string& out, const HfExportOptions& o) {
   CheckpointReader reader = CheckpointReader::open(in);
   if (!reader.has_section("hf_config"))
     fail_config("{}: the checkpoint has no hf_config section (it was not made from an HF model)", reader.dir());
-  const nlohmann::json config_json = reader.section("hf_config");
+  nlohmann::json config_json = reader.section("hf_config");
+  if (o.set_config_dtype && (o.dtype == "bf16" || o.dtype == "f32")) config_json["dtype"] = o.dtype == "bf16" ? "bfloat16" : "float32";
   const ModelConfig c = parse_model_config(config_json, reader.dir() + "/manifest.json: hf_config");
-  const std::string role = ctx.vm["role"].as<std::string>(), dtype_opt = ctx.vm["dtype"].as<std::string>();
-  if (role != "param" && role != "master") fail_config("convert: --role must be param or master");
+  std::string role = o.role;
+  const std::string& dtype_opt = o.dtype;
+  if (role == "auto") {  // convert-made checkpoints hold "param/", sft checkpoints the "master/" weights
+    role = "master";
+    for (const auto& [key, t] : reader.manifest().tensors)
+      if (key.rfind("param/", 0) == 0) role = "param";
+  }
+  if (role != "param" && role != "master") fail_config("convert: --role must be auto, param or master");
   if (dtype_opt != "keep" && dtype_opt != "bf16" && dtype_opt != "f32") fail_config("convert: --dtype must be keep, bf16 or f32");
 
   struct Item {
@@ -209,17 +218,11 @@ int h5_to_hf(JobContext& ctx, const std::string& in, const std::string& out) {
     specs.push_back({items[i].name.name, std::string(safetensors_dtype(items[i].written).name), items[i].hf_shape});
     by_name[items[i].name.name] = i;
   }
-  const ShardPlan plan = plan_shards(specs, parse_byte_size(ctx.vm["max-shard-size"].as<std::string>()));
+  const ShardPlan plan = plan_shards(specs, o.max_shard_size);
 
   const fs::path final_dir = fs::path(out).lexically_normal(), tmp = final_dir.string() + ".tmp";
-  const bool overwrite = ctx.vm["overwrite"].as<bool>();
-  std::vector<std::string> extra;
-  if (ctx.vm.count("tokenizer")) {
-    const fs::path t(ctx.vm["tokenizer"].as<std::string>());
-    for (const char* f : {"tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json"})
-      if (fs::exists(t / f)) extra.push_back((t / f).string());
-    if (extra.empty()) fail_config("convert: no tokenizer.json in {}", t.string());
-  }
+  const bool overwrite = o.overwrite;
+  const std::vector<std::string>& extra = o.extra_files;
   std::int32_t ok = 1;
   std::string problem;
   if (world.rank() == 0) {
@@ -272,6 +275,7 @@ int h5_to_hf(JobContext& ctx, const std::string& in, const std::string& out) {
       const std::string bytes((std::istreambuf_iterator<char>(src)), std::istreambuf_iterator<char>());
       write_file_atomic((tmp / fs::path(f).filename()).string(), bytes, false);
     }
+    for (const auto& [name, bytes] : o.extra_contents) write_file_atomic((tmp / name).string(), bytes, false);
     std::error_code ec;
     if (fs::exists(final_dir)) {
       const fs::path old = final_dir.string() + ".old";
@@ -285,8 +289,25 @@ int h5_to_hf(JobContext& ctx, const std::string& in, const std::string& out) {
     fsync_directory(final_dir.has_parent_path() ? final_dir.parent_path().string() : ".");
   }
   world.barrier();
-  finish_report(world, prog, final_dir.string());
+  if (o.report) finish_report(world, prog, final_dir.string());
   return 0;
+}
+
+namespace {
+
+int h5_to_hf(JobContext& ctx, const std::string& in, const std::string& out) {
+  HfExportOptions o;
+  o.role = ctx.vm["role"].as<std::string>();
+  o.dtype = ctx.vm["dtype"].as<std::string>();
+  o.max_shard_size = parse_byte_size(ctx.vm["max-shard-size"].as<std::string>());
+  o.overwrite = ctx.vm["overwrite"].as<bool>();
+  if (ctx.vm.count("tokenizer")) {
+    const fs::path t(ctx.vm["tokenizer"].as<std::string>());
+    for (const char* f : {"tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json"})
+      if (fs::exists(t / f)) o.extra_files.push_back((t / f).string());
+    if (o.extra_files.empty()) fail_config("convert: no tokenizer.json in {}", t.string());
+  }
+  return export_checkpoint_to_hf(*ctx.rt.world, in, out, o);
 }
 
 }  // namespace

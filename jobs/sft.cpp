@@ -27,12 +27,17 @@
 #include "io/presets.h"
 #include "io/safetensors.h"
 #include "io/sft_data.h"
+#include "jobs/export.h"
 #include "jobs/jobs.h"
 #include "layers/init.h"
 #include "layers/noise.h"
 #include "layers/train.h"
 #include "optim/adamw.h"
 #include "optim/schedule.h"
+#include "parallel/expert_parallel.h"
+#include "parallel/fsdp.h"
+#include "parallel/mesh.h"
+#include "parallel/plan.h"
 
 namespace dg {
 
@@ -60,6 +65,8 @@ void sft_options(po::options_description& d) {
       ("grad-clip", po::value<double>()->default_value(1.0), "global gradient-norm clip")
       ("ar-weight", po::value<double>()->default_value(1.0), "weight of the encoder AR loss")
       ("seed", po::value<std::uint64_t>()->default_value(42), "seed of data order, noise and init")
+      ("ep", po::value<int>()->default_value(1), "expert-parallel size: ranks that split the experts (divides the world size and the number of experts; inside a node)")
+      ("reshard-after-forward", po::value<bool>()->default_value(true), "free each layer's gathered parameters after its forward (false: keep them until its backward; more memory, fewer all-gathers)")
       ("checkpoint-every", po::value<int>()->default_value(200), "steps between checkpoints (0: only at the end)")
       ("resume", po::bool_switch(), "continue from OUT/checkpoints/latest")
       ("export", po::value<bool>()->default_value(true), "write OUT/hf-final at the end")
@@ -75,20 +82,22 @@ using Clock = std::chrono::steady_clock;
 struct Run {
   ModelConfig config;
   json config_json, generation_json;
-  ModelWeights weights;
-  std::optional<Tokenizer> tokenizer;  // always set by load_run_model
+  std::optional<HfTensorReader> hf;    // the input model's tensors (unset: the preset, randomly initialised)
+  std::optional<Tokenizer> tokenizer;  // always set by open_run_model
   std::string tokenizer_dir;  // copied into the export; empty: the built-in tokenizer
 };
 
-Run load_run_model(const JobContext& ctx) {
+// The model's configuration and where its weights come from; no weights are read here.
+Run open_run_model(const JobContext& ctx) {
   Run r{};
   if (ctx.vm.count("model")) {
     const std::string dir = ctx.vm["model"].as<std::string>();
-    HfModel m = load_hf_model(dir);
-    r.config = m.config;
-    r.config_json = m.config_json;
-    r.generation_json = m.generation_config_json.is_null() ? default_generation_config(m.config_json) : m.generation_config_json;
-    r.weights = std::move(m.weights);
+    if (!fs::is_directory(dir)) fail_config("sft: --model {} is not a Hugging Face model directory", dir);
+    r.config_json = read_json_file((fs::path(dir) / "config.json").string());
+    r.config = parse_model_config(r.config_json, (fs::path(dir) / "config.json").string());
+    const fs::path gen = fs::path(dir) / "generation_config.json";
+    r.generation_json = fs::exists(gen) ? read_json_file(gen.string()) : default_generation_config(r.config_json);
+    r.hf.emplace(dir, r.config);
     r.tokenizer = Tokenizer::load(dir);
     r.tokenizer_dir = dir;
     return r;
@@ -96,92 +105,63 @@ Run load_run_model(const JobContext& ctx) {
   r.config_json = preset_config(ctx.vm["preset"].as<std::string>());
   r.config = parse_model_config(r.config_json, "preset " + ctx.vm["preset"].as<std::string>());
   r.generation_json = default_generation_config(r.config_json);
-  r.weights = allocate_model(r.config);
-  const std::uint64_t seed = ctx.vm["seed"].as<std::uint64_t>();
-  std::uint64_t index = 0;
-  for (const NamedTensor& t : model_tensors(r.config, r.weights))
-    init_parameter(t.name, seed, index++, 0.02f, 0, t.tensor.numel(), t.tensor.data<float>());
   r.tokenizer = builtin_tokenizer();
   return r;
 }
 
-// The FSDP units of DESIGN.md: one root (embeddings, final norm, self-conditioning), one per layer's
-// dense parameters, one per layer's experts. Each is a flat fp32 buffer sharded over the ranks.
-using Units = std::vector<std::unique_ptr<FlatParams>>;
-
-std::string unit_of(const std::string& name) {
-  static const std::string prefix = "model.layers.";
-  if (name.rfind(prefix, 0) != 0) return "root";
-  const auto dot = name.find('.', prefix.size());
-  const std::string layer = name.substr(prefix.size(), dot - prefix.size());
-  return "layer" + layer + (name.find(".moe.experts.") != std::string::npos ? ".experts" : "");
+// Fills a rank's owned slices of a fresh run: from the HF model, or the preset's random init (keyed by
+// (seed, tensor index, element), so every slice is produced alone).
+SliceLoader initial_weights(const Run& run, std::uint64_t seed) {
+  if (run.hf) return [&run](const std::string& name, const Shape&, std::int64_t b, std::int64_t e, float* dst) { run.hf->read(name, b, e, dst); };
+  std::map<std::string, std::uint64_t> index;
+  for (const ParamSpec& p : model_params(run.config)) index.emplace(p.name, index.size());
+  return [index, seed](const std::string& name, const Shape&, std::int64_t b, std::int64_t e, float* dst) {
+    init_parameter(name, seed, index.at(name), 0.02f, b, e - b, dst);
+  };
 }
 
-Units make_units(const std::vector<ParamEntry>& entries, Comm& world) {
-  std::vector<std::string> order;
-  std::map<std::string, std::vector<ParamEntry>> groups;
-  for (const ParamEntry& e : entries) {
-    const std::string u = unit_of(e.name);
-    if (!groups.count(u)) order.push_back(u);
-    groups[u].push_back(e);
-  }
-  Units units;
-  for (const std::string& u : order) {
-    bool any = false;
-    for (const ParamEntry& e : groups[u]) any = any || e.trainable;
-    if (!any) continue;  // nothing to optimise (e.g. a unit of frozen tensors only)
-    units.push_back(std::make_unique<FlatParams>(std::move(groups[u]), world));
-    units.back()->load_masters();
-  }
-  return units;
-}
-
-void save_checkpoint(Comm& world, const std::string& dir, std::int64_t step, const Run& run, const Units& units,
-                     const SftCursor& cursor, const json& train_section) {
+// Each rank writes only its slices: the masters of every tensor (frozen ones included: they are the
+// model's weights) and the Adam moments of the trainable ones, as flat ranges of the named global tensors,
+// so a checkpoint does not depend on the mesh that wrote it.
+void save_checkpoint(Comm& world, const std::string& dir, std::int64_t step, const Run& run, const FsdpModel& model,
+                     const Mesh& mesh, std::int64_t optimizer_step, const SftCursor& cursor, const json& train_section) {
   CheckpointWriterOptions opts;
   opts.overwrite = true;  // a resumed run may save a step again
   CheckpointWriter w(world, dir, step, opts);
-  if (world.rank() == 0)  // every rank holds the parameters: replica 0 writes them
-    for (const NamedTensor& t : model_tensors(run.config, run.weights)) w.add(checkpoint_key("param", t.name), t.tensor.clone());
-  for (const auto& unit : units)
-    for (const StateSlice& s : unit->state_slices()) {
+  for (const auto& unit : model.units())
+    for (const OwnedSlice& s : unit->owned()) {
       const Slice slice = Slice::range(s.begin, s.end);
       w.add(checkpoint_key("master", s.name), s.shape, slice, s.master);
+      if (!s.trainable) continue;
       w.add(checkpoint_key("exp_avg", s.name), s.shape, slice, s.exp_avg);
       w.add(checkpoint_key("exp_avg_sq", s.name), s.shape, slice, s.exp_avg_sq);
     }
   w.set_section("hf_config", run.config_json);
   w.set_section("hf_generation_config", run.generation_json);
+  w.set_section("mesh", mesh.to_json());
   json train = train_section;
   train["step"] = step;
-  train["optimizer_step"] = units.front()->step();
+  train["optimizer_step"] = optimizer_step;
   train["cursor"] = cursor.state();
   w.set_section("train", train);
   const std::string done = w.commit();
   log::info("sft: checkpoint {}", done);
 }
 
-void load_checkpoint(const std::string& dir, Run& run, Units& units, SftCursor& cursor, std::int64_t& step) {
-  CheckpointReader r = CheckpointReader::open(dir);
-  for (const NamedTensor& t : model_tensors(run.config, run.weights)) {
-    const std::string key = checkpoint_key("param", t.name);
-    r.expect(key, t.tensor.shape(), DType::F32);
-    Tensor dst = t.tensor;
-    r.read(key, Slice::whole(t.tensor.shape()), dst);
-  }
-  for (const auto& unit : units)
-    for (const StateSlice& s : unit->state_slices()) {
+// Reads this rank's slices of a checkpoint saved on any mesh. Checkpoints of earlier versions keep the
+// frozen tensors under "param/" only: those are read from there.
+void load_checkpoint(CheckpointReader& r, FsdpModel& model) {
+  for (const auto& unit : model.units())
+    for (OwnedSlice& s : unit->owned()) {
       const Slice slice = Slice::range(s.begin, s.end);
-      Tensor m = s.master, a = s.exp_avg, v = s.exp_avg_sq;
-      r.read(checkpoint_key("master", s.name), slice, m);
-      r.read(checkpoint_key("exp_avg", s.name), slice, a);
-      r.read(checkpoint_key("exp_avg_sq", s.name), slice, v);
+      const std::string master = checkpoint_key("master", s.name);
+      const std::string key = r.has(master) || s.trainable ? master : checkpoint_key("param", s.name);
+      r.expect(key, s.shape, DType::F32);
+      r.read(key, slice, s.master);
+      if (!s.trainable) continue;
+      r.read(checkpoint_key("exp_avg", s.name), slice, s.exp_avg);
+      r.read(checkpoint_key("exp_avg_sq", s.name), slice, s.exp_avg_sq);
     }
-  const json& train = r.section("train");
-  step = train.at("step").get<std::int64_t>();
-  for (auto& unit : units) unit->set_step(train.at("optimizer_step").get<std::int64_t>());
-  cursor.restore(train.at("cursor"));
-  log::info("sft: resumed from {} at step {}", r.dir(), step);
 }
 
 // One micro-batch as the model saw it (scripts/sft_reference_check.py replays these in PyTorch).
@@ -236,8 +216,16 @@ int sft_run(JobContext& ctx) {
   if (!resume && fs::exists(ckpt_dir) && latest_checkpoint_step(ckpt_dir.string()))
     fail_config("{} already holds checkpoints: pass --resume to continue, or choose another --out", ckpt_dir.string());
 
-  Run run = load_run_model(ctx);
+  Run run = open_run_model(ctx);
   const ModelConfig& c = run.config;
+  Mesh mesh = make_mesh(world, vm["ep"].as<int>(), c.num_experts, ctx.rt.node_id);
+  log::info("sft: mesh {}", mesh.describe());
+  ParallelPlanOptions plan_opts;
+  plan_opts.reshard_after_forward = vm["reshard-after-forward"].as<bool>();
+  FsdpModel model(c, diffusion_gemma_plan(c, plan_opts, sft_trainable), mesh);
+  std::unique_ptr<MeshExpertExchange> exchange;
+  if (mesh.ep > 1) exchange = std::make_unique<MeshExpertExchange>(mesh);
+  const TrainParallel par{&model, exchange.get()};
   SftDataOptions dopt;
   dopt.max_seq_len = vm["seq-len"].as<int>();
   const std::string on_err = vm["on-data-error"].as<std::string>(), trunc = vm["truncation"].as<std::string>();
@@ -272,21 +260,33 @@ int sft_run(JobContext& ctx) {
   shape.accumulation = vm["accumulation"].as<int>();
   shape.dp = world.size();
   const std::uint64_t seed = vm["seed"].as<std::uint64_t>();
+  std::optional<CheckpointReader> resume_from;
+  if (resume) {
+    if (!latest_checkpoint_step(ckpt_dir.string())) fail_config("sft: --resume but {} holds no checkpoint", ckpt_dir.string());
+    resume_from.emplace(CheckpointReader::open(ckpt_dir.string()));
+    // The global batch is part of the run: on another world size keep it by adjusting the accumulation.
+    const json& train = resume_from->section("train");
+    const std::int64_t saved = train.at("micro_batch").get<std::int64_t>() * train.at("accumulation").get<std::int64_t>() *
+                               train.at("world_size").get<std::int64_t>();
+    if (saved != shape.global_batch()) {
+      const std::int64_t per_step = static_cast<std::int64_t>(shape.micro_batch) * shape.dp;
+      if (saved % per_step != 0)
+        fail_config("sft: {} was saved with a global batch of {} examples; --micro-batch {} on {} ranks cannot make "
+                    "it (it needs a multiple of {}): choose --micro-batch so that {} is divisible by micro-batch x ranks",
+                    resume_from->dir(), saved, shape.micro_batch, shape.dp, per_step, saved);
+      log::warn("sft: resuming a run with global batch {} on {} ranks: --accumulation {} instead of {}", saved, shape.dp,
+                saved / per_step, shape.accumulation);
+      shape.accumulation = static_cast<int>(saved / per_step);
+    }
+  }
   SftCursor cursor(static_cast<std::int64_t>(data.examples.size()), seed, shape.global_batch(), data.fingerprint);
-
-  ModelGrads grads = allocate_grads(c);
-  std::vector<ParamEntry> entries;
-  {
-    const auto ps = model_tensors(c, run.weights), gs = model_tensors(c, grads);
-    for (std::size_t i = 0; i < ps.size(); ++i) entries.push_back({ps[i].name, ps[i].tensor, gs[i].tensor, sft_trainable(ps[i].name), true});
-  }
-  Units units = make_units(entries, world);
-  std::vector<FlatParams*> unit_ptrs;
-  std::int64_t trainable = 0;
-  for (auto& u : units) {
-    unit_ptrs.push_back(u.get());
-    trainable += u->numel();
-  }
+  std::int64_t trainable = 0, held = 0;
+  for (const auto& u : model.units())
+    for (const OwnedSlice& sl : u->owned()) {
+      held += sl.end - sl.begin;
+      if (sl.trainable) trainable += sl.end - sl.begin;
+    }
+  world.all_reduce(&trainable, &trainable, 1, DType::I64, ReduceOp::Sum);
   AdamWOptions adam;
   adam.beta1 = vm["beta1"].as<double>();
   adam.beta2 = vm["beta2"].as<double>();
@@ -306,12 +306,20 @@ int sft_run(JobContext& ctx) {
   SftLossScale lscale;
   lscale.ar_weight = vm["ar-weight"].as<double>();
 
-  std::int64_t step = 0;
-  if (resume) {
-    if (!latest_checkpoint_step(ckpt_dir.string())) fail_config("sft: --resume but {} holds no checkpoint", ckpt_dir.string());
-    load_checkpoint(ckpt_dir.string(), run, units, cursor, step);
-    for (auto& u : units) u->publish();
+  std::int64_t step = 0, optimizer_steps = 0;
+  if (resume_from) {
+    load_checkpoint(*resume_from, model);
+    const json& train = resume_from->section("train");
+    step = train.at("step").get<std::int64_t>();
+    optimizer_steps = train.at("optimizer_step").get<std::int64_t>();
+    cursor.restore(train.at("cursor"));
+    log::info("sft: resumed from {} at step {}", resume_from->dir(), step);
+    resume_from.reset();
+  } else {
+    model.load(initial_weights(run, seed));
   }
+  log::info("sft: this rank holds {} of the model's parameters at rest ({:.1f} MB of fp32 masters, moments and gradients)",
+            held, static_cast<double>(held) * 16.0 / 1e6);
   if (world.rank() == 0) {
     fs::create_directories(out);
     write_file_atomic((out / "config.ini").string(), ctx.resolved_config, true);
@@ -330,7 +338,7 @@ int sft_run(JobContext& ctx) {
   std::ofstream metrics;
   if (world.rank() == 0) metrics.open(metrics_path, std::ios::app);
   const json train_section = {{"seed", seed}, {"micro_batch", shape.micro_batch}, {"accumulation", shape.accumulation},
-                              {"world_size", world.size()}, {"steps", steps}};
+                              {"world_size", world.size()}, {"global_batch", shape.global_batch()}, {"steps", steps}};
   log::info("sft: {} examples, global batch {} ({} x {} x {} ranks), {} steps, {} trainable parameters", data.examples.size(),
             shape.global_batch(), shape.micro_batch, shape.accumulation, shape.dp, steps, trainable);
 
@@ -355,7 +363,7 @@ int sft_run(JobContext& ctx) {
     }
     world.all_reduce(counts, counts, 2, DType::I64, ReduceOp::Sum);
 
-    zero_grads(c, grads);
+    model.zero_grad();
     StepLosses total;
     for (int m = 0; m < shape.accumulation; ++m) {
       const SftMicroBatch& mb = mbs[static_cast<std::size_t>(m)];
@@ -375,7 +383,7 @@ int sft_run(JobContext& ctx) {
       b.n_diff = std::max<double>(1.0, static_cast<double>(counts[0]));
       b.n_ar = std::max<double>(1.0, static_cast<double>(counts[1]));
       if (!dump_dir.empty()) dump_batch(dump_dir, step, m, world.rank(), b, nz, learning_rate(sched, step));
-      const StepLosses l = sft_forward_backward(c, run.weights, b, grads, lscale);
+      const StepLosses l = sft_forward_backward(c, model.weights(), b, model.grads(), lscale, par);
       total.diffusion += l.diffusion;
       total.ar += l.ar;
       total.total += l.total;
@@ -383,7 +391,19 @@ int sft_run(JobContext& ctx) {
     float sums[3] = {static_cast<float>(total.diffusion), static_cast<float>(total.ar), static_cast<float>(total.total)};
     world.all_reduce(sums, sums, 3, DType::F32, ReduceOp::Sum);  // each rank holds its share of the global means
     const double lr = learning_rate(sched, step);
-    const StepStats st = optimizer_step(world, unit_ptrs, adam, lr);
+    // The gradients are in the owners' slices already (reduce-scattered during the backward).
+    StepStats st;
+    st.grad_norm = global_grad_norm(world, model);
+    st.clip_coef = clip_coefficient(st.grad_norm, adam.max_grad_norm);
+    ++optimizer_steps;
+    for (const auto& unit : model.units()) {
+      std::vector<AdamWSlice> slices;
+      for (const OwnedSlice& o : unit->owned())
+        if (o.trainable)
+          slices.push_back({o.master.data<float>(), o.exp_avg.data<float>(), o.exp_avg_sq.data<float>(),
+                            o.grad.data<float>(), o.end - o.begin, true});
+      adamw_update(slices, adam, lr, st.clip_coef, optimizer_steps);
+    }
     ++step;
     ++steps_this_run;
 
@@ -402,26 +422,29 @@ int sft_run(JobContext& ctx) {
     }
     const bool stop = ctx.rt.stop_requested() || (stop_after > 0 && steps_this_run >= stop_after);
     if (stop || step == steps || (every > 0 && step % every == 0))
-      save_checkpoint(world, ckpt_dir.string(), step, run, units, cursor, train_section);
+      save_checkpoint(world, ckpt_dir.string(), step, run, model, mesh, optimizer_steps, cursor, train_section);
     if (stop && step < steps) {
       log::info("sft: stopped at step {} after checkpointing; rerun with --resume to continue (exit {})", step,
                 static_cast<int>(kExitStoppedOnSignal));
       return kExitStoppedOnSignal;
     }
   }
-  if (vm["export"].as<bool>() && world.rank() == 0) {
-    const std::string& dt = export_dtype;
-    json cfg = run.config_json;
-    cfg["dtype"] = dt == "bf16" ? "bfloat16" : "float32";
-    HfDirOptions hopts;
-    hopts.overwrite = true;
-    if (!run.tokenizer_dir.empty())
+  if (vm["export"].as<bool>()) {
+    // Streamed from the final checkpoint (saved above at step == steps): no rank holds the whole model.
+    HfExportOptions eo;
+    eo.role = "master";
+    eo.dtype = export_dtype;
+    eo.overwrite = true;
+    eo.report = false;
+    eo.set_config_dtype = true;
+    if (!run.tokenizer_dir.empty()) {
       for (const char* f : {"tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json"})
-        if (fs::exists(fs::path(run.tokenizer_dir) / f)) hopts.extra_files.push_back((fs::path(run.tokenizer_dir) / f).string());
+        if (fs::exists(fs::path(run.tokenizer_dir) / f)) eo.extra_files.push_back((fs::path(run.tokenizer_dir) / f).string());
+    } else {
+      eo.extra_contents = builtin_tokenizer_files();
+    }
     const fs::path dir = out / "hf-final";
-    if (run.tokenizer_dir.empty())
-      hopts.extra_contents = builtin_tokenizer_files();
-    write_hf_dir(dir.string(), cfg, &run.generation_json, hf_tensors_of(c, run.weights, dt == "bf16" ? DType::BF16 : DType::F32), hopts);
+    export_checkpoint_to_hf(world, checkpoint_step_dir(ckpt_dir.string(), step), dir.string(), eo);
     log::info("sft: exported {}", dir.string());
   }
   world.barrier();

@@ -48,21 +48,35 @@ ModelWeights allocate_model(const ModelConfig& c) {
 std::vector<ParamSpec> model_params(const ModelConfig& c) {
   const std::int64_t H = c.hidden_size, F = c.intermediate_size, E = c.num_experts, Fm = c.moe_intermediate_size;
   std::vector<ParamSpec> out;
-  using Get = std::function<Tensor(const ModelWeights&)>;
-  auto add = [&](std::string name, Shape shape, Get get) { out.push_back({std::move(name), std::move(shape), std::move(get)}); };
-  add("model.embed_tokens.weight", {c.vocab_size, H}, [](const ModelWeights& w) { return w.embed_tokens; });
-  add("model.norm.weight", {H}, [](const ModelWeights& w) { return w.norm; });
-  add("model.self_conditioning.pre_norm.weight", {H}, [](const ModelWeights& w) { return w.sc_pre_norm; });
-  add("model.self_conditioning.gate_proj.weight", {F, H}, [F](const ModelWeights& w) { return w.sc_gate_up.rows(0, F); });
-  add("model.self_conditioning.up_proj.weight", {F, H}, [F](const ModelWeights& w) { return w.sc_gate_up.rows(F, 2 * F); });
-  add("model.self_conditioning.down_proj.weight", {H, F}, [](const ModelWeights& w) { return w.sc_down; });
+  using Slot = std::function<Tensor&(ModelWeights&)>;
+  // A whole member, or the rows [r0, r0 + shape[0]) of a member of shape slot_shape.
+  auto add = [&](std::string name, Shape shape, Slot slot, Shape slot_shape, std::int64_t r0 = 0) {
+    const std::int64_t row = shape_numel(slot_shape) / slot_shape[0];
+    auto get = [slot, r0, n = shape[0], whole = shape == slot_shape](const ModelWeights& w) {
+      Tensor& t = slot(const_cast<ModelWeights&>(w));
+      return whole ? t : t.rows(r0, r0 + n);
+    };
+    out.push_back({std::move(name), std::move(shape), get, slot, std::move(slot_shape), r0 * row});
+  };
+  auto model = [&](std::string name, Shape shape, Tensor ModelWeights::*m, Shape slot_shape = {}, std::int64_t r0 = 0) {
+    if (slot_shape.empty()) slot_shape = shape;
+    add(std::move(name), std::move(shape), [m](ModelWeights& w) -> Tensor& { return w.*m; }, std::move(slot_shape), r0);
+  };
+  model("model.embed_tokens.weight", {c.vocab_size, H}, &ModelWeights::embed_tokens);
+  model("model.norm.weight", {H}, &ModelWeights::norm);
+  model("model.self_conditioning.pre_norm.weight", {H}, &ModelWeights::sc_pre_norm);
+  model("model.self_conditioning.gate_proj.weight", {F, H}, &ModelWeights::sc_gate_up, {2 * F, H}, 0);
+  model("model.self_conditioning.up_proj.weight", {F, H}, &ModelWeights::sc_gate_up, {2 * F, H}, F);
+  model("model.self_conditioning.down_proj.weight", {H, F}, &ModelWeights::sc_down);
   for (int i = 0; i < c.num_layers; ++i) {
     const LayerSpec& s = c.layer(i);
     const std::int64_t q = c.num_heads * s.head_dim, kv = s.num_kv_heads * s.head_dim;
     const std::string p = fmt::format("model.layers.{}.", i);
     const auto L = static_cast<std::size_t>(i);
-    auto layer = [&](std::string name, Shape shape, Tensor LayerWeights::*member) {
-      add(p + name, std::move(shape), [L, member](const ModelWeights& w) { return w.layers[L].*member; });
+    auto layer = [&](std::string name, Shape shape, Tensor LayerWeights::*m, Shape slot_shape = {}, std::int64_t r0 = 0) {
+      if (slot_shape.empty()) slot_shape = shape;
+      add(p + name, std::move(shape), [L, m](ModelWeights& w) -> Tensor& { return w.layers[L].*m; },
+          std::move(slot_shape), r0);
     };
     layer("self_attn.q_proj.weight", {q, H}, &LayerWeights::q_proj);
     layer("self_attn.k_proj.weight", {kv, H}, &LayerWeights::k_proj);
@@ -77,8 +91,8 @@ std::vector<ParamSpec> model_params(const ModelConfig& c) {
     layer("pre_feedforward_layernorm_2.weight", {H}, &LayerWeights::pre_feedforward_layernorm_2);
     layer("post_feedforward_layernorm_1.weight", {H}, &LayerWeights::post_feedforward_layernorm_1);
     layer("post_feedforward_layernorm_2.weight", {H}, &LayerWeights::post_feedforward_layernorm_2);
-    add(p + "mlp.gate_proj.weight", {F, H}, [L, F](const ModelWeights& w) { return w.layers[L].mlp_gate_up.rows(0, F); });
-    add(p + "mlp.up_proj.weight", {F, H}, [L, F](const ModelWeights& w) { return w.layers[L].mlp_gate_up.rows(F, 2 * F); });
+    layer("mlp.gate_proj.weight", {F, H}, &LayerWeights::mlp_gate_up, {2 * F, H}, 0);
+    layer("mlp.up_proj.weight", {F, H}, &LayerWeights::mlp_gate_up, {2 * F, H}, F);
     layer("mlp.down_proj.weight", {H, F}, &LayerWeights::mlp_down);
     layer("moe.gate.proj.weight", {E, H}, &LayerWeights::router_proj);
     layer("moe.gate.scale", {H}, &LayerWeights::router_scale);

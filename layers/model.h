@@ -47,6 +47,9 @@ struct ModelWeights {
   std::vector<LayerWeights> layers;
 };
 
+// Gradients in the exact layout of the weights.
+using ModelGrads = ModelWeights;
+
 // Allocates every weight (zero-filled, f32, CPU) with the shape the config implies.
 ModelWeights allocate_model(const ModelConfig& c);
 
@@ -61,10 +64,16 @@ std::vector<NamedTensor> model_tensors(const ModelConfig& c, const ModelWeights&
 
 // The same list without any weights: name, shape, and how to find the tensor in a ModelWeights.
 // Jobs that stream a model tensor by tensor (init, convert) use it instead of allocating the model.
+// slot: the ModelWeights member the tensor is stored in (mlp.gate_proj and mlp.up_proj are both parts
+// of mlp_gate_up: slot_offset is where the tensor starts inside it, in elements), so that whoever
+// holds the storage elsewhere (an FSDP unit) can bind the member to it.
 struct ParamSpec {
   std::string name;
   Shape shape;
   std::function<Tensor(const ModelWeights&)> get;
+  std::function<Tensor&(ModelWeights&)> slot;
+  Shape slot_shape;
+  std::int64_t slot_offset = 0;
 };
 std::vector<ParamSpec> model_params(const ModelConfig& c);
 

@@ -98,7 +98,8 @@ double mask_sum(const Tensor& m) {
 }
 
 // Runs every layer over x [B,L,H] (keys [enc K/V ; own]) and the final norm; fills pass.layers.
-void run_layers(const ModelConfig& c, const ModelWeights& w, Tensor& x, Pass& pass, const Pass* encoder, bool decoder) {
+void run_layers(const ModelConfig& c, const ModelWeights& w, Tensor& x, Pass& pass, const Pass* encoder, bool decoder,
+                const TrainParallel& par) {
   const std::int64_t T = pass.B * pass.L, H = c.hidden_size;
   pass.layers.assign(static_cast<std::size_t>(c.num_layers), LayerSaved{});
   for (int i = 0; i < c.num_layers; ++i) {
@@ -109,8 +110,11 @@ void run_layers(const ModelConfig& c, const ModelWeights& w, Tensor& x, Pass& pa
       ek = encoder->layers[u].k;
       ev = encoder->layers[u].v;
     }
+    if (par.params != nullptr) par.params->forward_begin(i);
     train::layer_forward(c, i, l, x, pass.rope(c.layer(i)), ek, ev, pass.opts[u], pass.token_mask,
-                         (decoder ? l.layer_scalar : l.encoder_layer_scalar).data<float>()[0], pass.layers[u]);
+                         (decoder ? l.layer_scalar : l.encoder_layer_scalar).data<float>()[0], pass.layers[u],
+                         par.experts);
+    if (par.params != nullptr) par.params->forward_end(i);
   }
   pass.x_final = x.reshape({T, H}).clone();
   pass.rstd_final = f32({T});
@@ -119,7 +123,7 @@ void run_layers(const ModelConfig& c, const ModelWeights& w, Tensor& x, Pass& pa
 }
 
 // Encoder pass over the clean sequence (training.md §4.1): positions 0..S-1, causal (+ window).
-Pass encode_pass(const ModelConfig& c, const ModelWeights& w, const SftBatch& b) {
+Pass encode_pass(const ModelConfig& c, const ModelWeights& w, const SftBatch& b, const TrainParallel& par) {
   Pass p;
   p.B = b.clean.size(0);
   p.L = b.clean.size(1);
@@ -145,14 +149,14 @@ Pass encode_pass(const ModelConfig& c, const ModelWeights& w, const SftBatch& b)
   }
   Tensor x = f32({p.B, p.L, H});
   embedding(b.clean, w.embed_tokens, embed_scale(H, w.embed_tokens.dtype()), x);
-  run_layers(c, w, x, p, nullptr, false);
+  run_layers(c, w, x, p, nullptr, false, par);
   return p;
 }
 
 // A decoder pass over the canvas (training.md §4.2): absolute positions P_b + j, the Canvas rule.
 // soft: the self-conditioning soft embedding [T,H] (coin-0 rows zero), or undefined for none.
 Pass decode_pass(const ModelConfig& c, const ModelWeights& w, const SftBatch& b, const Pass& enc, const Tensor& soft,
-                 DecoderInput& in) {
+                 DecoderInput& in, const TrainParallel& par) {
   Pass p;
   p.B = b.canvas.size(0);
   p.L = b.canvas.size(1);
@@ -197,32 +201,40 @@ Pass decode_pass(const ModelConfig& c, const ModelWeights& w, const SftBatch& b,
   Tensor x = f32({p.B, p.L, H});
   Tensor xt = x.reshape({T, H});
   rms_norm(in.e, nullptr, eps, xt, in.rstd_e);
-  run_layers(c, w, x, p, &enc, true);
+  run_layers(c, w, x, p, &enc, true, par);
   return p;
 }
 
-// Runs a pass's layers backward from d(final hidden) [T,H] to d(pass input) [B,L,H]. For the decoder
-// (encoder != nullptr) the encoder K/V gradients accumulate into d_enc_k / d_enc_v; for the encoder
-// they are added to each layer's own K/V gradient.
-Tensor pass_backward(const ModelConfig& c, const ModelWeights& w, ModelGrads& g, const Pass& p, const Tensor& dhidden,
-                     const Pass* encoder, std::vector<Tensor>& d_enc_k, std::vector<Tensor>& d_enc_v) {
-  const std::int64_t H = c.hidden_size;
-  Tensor dx = f32({p.B, p.L, H});
-  Tensor dxt = dx.reshape({p.B * p.L, H});
-  rms_norm_backward(dhidden, p.x_final, &w.norm, p.rstd_final, dxt, &g.norm);
+// The layers of both passes backward, interleaved top-down: for each layer i from the last, decode pass
+// 2's layer i (whose K/V reads give d(encoder K/V of layer i)), then the encoder's layer i, which
+// consumes them. A layer's gradient is then complete as soon as its encoder backward is done, so the
+// parameter schedule can release it layer by layer. dx2 [B,R,H] / dxe [B,S,H]: d(output of the last
+// layer) in, d(pass input) out.
+void layers_backward(const ModelConfig& c, const ModelWeights& w, ModelGrads& g, const Pass& p2, const Pass& enc,
+                     Tensor& dx2, Tensor& dxe, const TrainParallel& par) {
   for (int i = c.num_layers - 1; i >= 0; --i) {
     const auto u = static_cast<std::size_t>(i);
+    if (par.params != nullptr) par.params->backward_begin(i);
     const LayerWeights& l = w.layers[u];
-    if (encoder != nullptr) {
-      train::layer_backward(c, i, l, g.layers[u], p.layers[u], p.rope(c.layer(i)), encoder->layers[u].k,
-                            encoder->layers[u].v, p.opts[u], l.layer_scalar.data<float>()[0], dx, nullptr, nullptr,
-                            d_enc_k[u], d_enc_v[u]);
-    } else {
-      Tensor none_k, none_v;
-      train::layer_backward(c, i, l, g.layers[u], p.layers[u], p.rope(c.layer(i)), Tensor(), Tensor(), p.opts[u],
-                            l.encoder_layer_scalar.data<float>()[0], dx, &d_enc_k[u], &d_enc_v[u], none_k, none_v);
-    }
+    Tensor d_enc_k = Tensor::zeros(enc.layers[u].k.shape(), DType::F32);
+    Tensor d_enc_v = Tensor::zeros(enc.layers[u].v.shape(), DType::F32);
+    Tensor none_k, none_v;
+    train::layer_backward(c, i, l, g.layers[u], p2.layers[u], p2.rope(c.layer(i)), enc.layers[u].k, enc.layers[u].v,
+                          p2.opts[u], l.layer_scalar.data<float>()[0], dx2, nullptr, nullptr, d_enc_k, d_enc_v,
+                          par.experts);
+    train::layer_backward(c, i, l, g.layers[u], enc.layers[u], enc.rope(c.layer(i)), Tensor(), Tensor(), enc.opts[u],
+                          l.encoder_layer_scalar.data<float>()[0], dxe, &d_enc_k, &d_enc_v, none_k, none_v,
+                          par.experts);
+    if (par.params != nullptr) par.params->backward_end(i);
   }
+}
+
+// d(final hidden) [T,H] -> d(last layer output) [B,L,H] through the final norm.
+Tensor final_norm_backward(const ModelConfig& c, const ModelWeights& w, ModelGrads& g, const Pass& p,
+                           const Tensor& dhidden) {
+  Tensor dx = f32({p.B, p.L, c.hidden_size});
+  Tensor dxt = dx.reshape({p.B * p.L, c.hidden_size});
+  rms_norm_backward(dhidden, p.x_final, &w.norm, p.rstd_final, dxt, &g.norm);
   return dx;
 }
 
@@ -257,15 +269,18 @@ void drop_pad_rows(const Tensor& ids, int pad, Tensor& d_out) {
     if (ids.data<std::int32_t>()[t] == pad) std::fill_n(d_out.data<float>() + t * H, H, 0.0f);
 }
 
-StepLosses run(const ModelConfig& c, const ModelWeights& w, const SftBatch& b, ModelGrads* g, const SftLossScale& sc) {
+StepLosses run(const ModelConfig& c, const ModelWeights& w, const SftBatch& b, ModelGrads* g, const SftLossScale& sc,
+               const TrainParallel& par) {
   check_batch(c, b);
+  ParamSchedule* sched = par.params;
   const std::int64_t B = b.clean.size(0), S = b.clean.size(1), R = b.canvas.size(1), H = c.hidden_size;
   const std::int64_t Te = B * S, Td = B * R;
+  if (sched != nullptr) sched->forward_begin(ParamSchedule::kRootUnit);
   const float scale = embed_scale(H, w.embed_tokens.dtype());
   const LmHeadOpts opts = head_opts(c);
 
   // 1. Encode + AR loss.
-  const Pass enc = encode_pass(c, w, b);
+  const Pass enc = encode_pass(c, w, b, par);
   StepLosses out;
   Tensor lse_ar = f32({Te});
   out.ar = lm_head_cross_entropy(enc.hidden, w.embed_tokens, b.ar_targets.reshape({Te}), b.ar_mask.reshape({Te}),
@@ -281,7 +296,7 @@ StepLosses run(const ModelConfig& c, const ModelWeights& w, const SftBatch& b, M
              "SftBatch.sc_logits must be f32 [{}, {}, {}], got {}", B, R, c.vocab_size, b.sc_logits.describe());
   } else {
     DecoderInput none;
-    Pass p1 = decode_pass(c, w, b, enc, Tensor(), none);
+    Pass p1 = decode_pass(c, w, b, enc, Tensor(), none, par);
     h1 = p1.hidden;
   }
   const bool any_coin = std::any_of(b.sc_coin.begin(), b.sc_coin.end(), [](std::uint8_t x) { return x != 0; });
@@ -300,26 +315,38 @@ StepLosses run(const ModelConfig& c, const ModelWeights& w, const SftBatch& b, M
 
   // 3. Decode pass 2 + diffusion loss.
   DecoderInput in;
-  const Pass p2 = decode_pass(c, w, b, enc, soft, in);
+  const Pass p2 = decode_pass(c, w, b, enc, soft, in, par);
   Tensor lse_d = f32({Td});
   out.diffusion = lm_head_cross_entropy(p2.hidden, w.embed_tokens, b.diff_targets.reshape({Td}),
                                         b.diff_mask.reshape({Td}), b.n_diff, lse_d, opts);
   out.diff_tokens = mask_sum(b.diff_mask);
   out.total = out.diffusion + sc.ar_weight * out.ar;
-  if (g == nullptr) return out;
-
-  // 4. Backward: pass 2, accumulating the encoder K/V gradients.
-  std::vector<Tensor> d_enc_k, d_enc_v;
-  for (int i = 0; i < c.num_layers; ++i) {
-    d_enc_k.push_back(Tensor::zeros(enc.layers[static_cast<std::size_t>(i)].k.shape(), DType::F32));
-    d_enc_v.push_back(Tensor::zeros(enc.layers[static_cast<std::size_t>(i)].v.shape(), DType::F32));
+  if (g == nullptr) {
+    if (sched != nullptr) sched->forward_end(ParamSchedule::kRootUnit);
+    return out;
   }
+
+  // 4. Backward. Both heads (diffusion loss on pass 2, AR loss on the encoder) and the final norm.
+  if (sched != nullptr) sched->backward_begin(ParamSchedule::kRootUnit);
+  Tensor dx2, dxe;
   {
     Tensor dh = f32({Td, H});
     lm_head_cross_entropy_backward(p2.hidden, w.embed_tokens, b.diff_targets.reshape({Td}), b.diff_mask.reshape({Td}),
                                    b.n_diff, lse_d, sc.loss_scale, dh, &g->embed_tokens, opts);
-    Tensor dx0 = pass_backward(c, w, *g, p2, dh, &enc, d_enc_k, d_enc_v).reshape({Td, H});
-    // Decoder input: x0 = rms(e; no weight), e = E[canvas]·scale + sc.
+    dx2 = final_norm_backward(c, w, *g, p2, dh);
+  }
+  {
+    Tensor dh = f32({Te, H});
+    lm_head_cross_entropy_backward(enc.hidden, w.embed_tokens, b.ar_targets.reshape({Te}), b.ar_mask.reshape({Te}),
+                                   b.n_ar, lse_ar, static_cast<float>(sc.loss_scale * sc.ar_weight), dh,
+                                   &g->embed_tokens, opts);
+    dxe = final_norm_backward(c, w, *g, enc, dh);
+  }
+  // 5. The layers, pass 2 and encoder interleaved top-down (their K/V gradients flow within a layer).
+  layers_backward(c, w, *g, p2, enc, dx2, dxe, par);
+  // 6. Decoder input: x0 = rms(e; no weight), e = E[canvas]·scale + sc.
+  {
+    Tensor dx0 = dx2.reshape({Td, H});
     Tensor de = f32({Td, H});
     rms_norm_backward(dx0, in.e, nullptr, in.rstd_e, de, nullptr);
     {
@@ -343,16 +370,15 @@ StepLosses run(const ModelConfig& c, const ModelWeights& w, const SftBatch& b, M
         soft_embedding_table_backward(c, h1, w.embed_tokens, scale, dsoft, g->embed_tokens);
     }
   }
-  // 5. Encoder backward: AR loss + the K/V gradients of pass 2, then the clean-token embedding.
+  // 7. The clean-token embedding of the encoder.
   {
-    Tensor dh = f32({Te, H});
-    lm_head_cross_entropy_backward(enc.hidden, w.embed_tokens, b.ar_targets.reshape({Te}), b.ar_mask.reshape({Te}),
-                                   b.n_ar, lse_ar, static_cast<float>(sc.loss_scale * sc.ar_weight), dh,
-                                   &g->embed_tokens, opts);
-    const Tensor dx = pass_backward(c, w, *g, enc, dh, nullptr, d_enc_k, d_enc_v);
-    Tensor dxt = dx.reshape({Te, H});
+    Tensor dxt = dxe.reshape({Te, H});
     drop_pad_rows(b.clean, c.pad_token_id, dxt);
     embedding_backward(b.clean.reshape({Te}), dxt, scale, g->embed_tokens);
+  }
+  if (sched != nullptr) {
+    sched->backward_end(ParamSchedule::kRootUnit);
+    sched->forward_end(ParamSchedule::kRootUnit);
   }
   return out;
 }
@@ -360,12 +386,13 @@ StepLosses run(const ModelConfig& c, const ModelWeights& w, const SftBatch& b, M
 }  // namespace
 
 StepLosses sft_forward_backward(const ModelConfig& c, const ModelWeights& w, const SftBatch& batch, ModelGrads& grads,
-                                const SftLossScale& scale) {
-  return run(c, w, batch, &grads, scale);
+                                const SftLossScale& scale, const TrainParallel& par) {
+  return run(c, w, batch, &grads, scale, par);
 }
 
-StepLosses sft_forward(const ModelConfig& c, const ModelWeights& w, const SftBatch& batch, const SftLossScale& scale) {
-  return run(c, w, batch, nullptr, scale);
+StepLosses sft_forward(const ModelConfig& c, const ModelWeights& w, const SftBatch& batch, const SftLossScale& scale,
+                       const TrainParallel& par) {
+  return run(c, w, batch, nullptr, scale, par);
 }
 
 }  // namespace dg

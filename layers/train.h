@@ -36,12 +36,12 @@
 #include <vector>
 
 #include "layers/model.h"
+#include "layers/sharding.h"
 
 namespace dg {
 
 // Gradients in the exact layout of the weights (allocate_model + zero), so that an optimizer can walk
 // model_tensors(c, weights) and model_tensors(c, grads) in parallel. Frozen tensors stay zero.
-using ModelGrads = ModelWeights;
 ModelGrads allocate_grads(const ModelConfig& c);   // allocate_model(c), zero-filled
 void zero_grads(const ModelConfig& c, ModelGrads& g);
 
@@ -89,11 +89,13 @@ struct StepLosses {
 
 // Forward and backward of one micro-batch: returns the losses and ACCUMULATES (+=) the gradient of
 // scale.loss_scale · L into `grads` (several micro-batches sum; zero them once per step).
+// par: the parameter schedule (FSDP) and the expert exchange (EP); by default everything is resident.
+// With a schedule, `w` and `grads` are the objects it binds the units into.
 StepLosses sft_forward_backward(const ModelConfig& c, const ModelWeights& w, const SftBatch& batch, ModelGrads& grads,
-                                const SftLossScale& scale = {});
+                                const SftLossScale& scale = {}, const TrainParallel& par = {});
 
 // The same forward without any gradient (validation, tests, finite differences).
 StepLosses sft_forward(const ModelConfig& c, const ModelWeights& w, const SftBatch& batch,
-                       const SftLossScale& scale = {});
+                       const SftLossScale& scale = {}, const TrainParallel& par = {});
 
 }  // namespace dg

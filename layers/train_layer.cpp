@@ -44,12 +44,58 @@ Tensor norm_backward(const Tensor& dy, const Tensor& x, const Tensor* weight, co
   return dx;
 }
 
+// The experts of one MoE layer on the permuted rows s.xp [N, H] -> s.yp [N, H]. Under expert
+// parallelism the rows travel to the ranks owning their experts and back (one grouped GEMM per
+// direction on the rows the local experts received); otherwise the local experts are all experts.
+void experts_forward(const LayerWeights& l, LayerSaved& s, std::int64_t Fm, ExpertExchange* ex) {
+  const std::int64_t N = s.xp.size(0), H = s.xp.size(1);
+  Tensor counts = s.counts;
+  if (ex != nullptr) {
+    s.route = ex->route(s.counts);
+    s.xr = f32({s.route.received, H});
+    ex->to_owners(s.route, s.xp, s.xr);
+    counts = s.route.local_counts;
+  } else {
+    s.xr = s.xp;
+  }
+  const std::int64_t Nr = s.xr.size(0);
+  s.gue = f32({Nr, 2 * Fm});
+  s.acte = f32({Nr, Fm});
+  grouped_gemm(s.xr, l.experts_gate_up, counts, s.gue);
+  geglu(s.gue, s.acte);
+  Tensor yr = f32({Nr, H});
+  grouped_gemm(s.acte, l.experts_down, counts, yr);
+  if (ex != nullptr) {
+    s.yp = f32({N, H});
+    ex->to_sources(s.route, yr, s.yp);
+  } else {
+    s.yp = yr;
+  }
+}
+
+// dyp [N, H] -> dxp [N, H]; the expert weight gradients accumulate on their owner (this rank's g).
+void experts_backward(const LayerWeights& l, LayerWeights& g, const LayerSaved& s, const Tensor& dyp, Tensor& dxp,
+                      ExpertExchange* ex) {
+  const std::int64_t H = s.xr.size(1), Nr = s.xr.size(0), Fm = s.acte.size(1);
+  Tensor dyr = dyp, counts = s.counts;
+  if (ex != nullptr) {
+    dyr = f32({Nr, H});
+    ex->to_owners(s.route, dyp, dyr);
+    counts = s.route.local_counts;
+  }
+  Tensor dacte = f32({Nr, Fm}), dgue = f32({Nr, 2 * Fm}), dxr = ex != nullptr ? f32({Nr, H}) : dxp;
+  grouped_gemm_backward(s.acte, l.experts_down, counts, dyr, &dacte, &g.experts_down);
+  geglu_backward(dacte, s.gue, dgue);
+  grouped_gemm_backward(s.xr, l.experts_gate_up, counts, dgue, &dxr, &g.experts_gate_up);
+  if (ex != nullptr) ex->to_sources(s.route, dxr, dxp);
+}
+
 }  // namespace
 
 
 void layer_forward(const ModelConfig& c, int li, const LayerWeights& l, Tensor& x, const RopeTables& rt,
                    const Tensor& enc_k, const Tensor& enc_v, const AttnOpts& opts, const Tensor& token_mask,
-                   float scalar, LayerSaved& s) {
+                   float scalar, LayerSaved& s, ExpertExchange* experts) {
   const LayerSpec& spec = c.layer(li);
   const std::int64_t B = x.size(0), S = x.size(1), H = c.hidden_size, T = B * S;
   const std::int64_t nh = c.num_heads, nkv = spec.num_kv_heads, hd = spec.head_dim;
@@ -98,12 +144,7 @@ void layer_forward(const ModelConfig& c, int li, const LayerWeights& l, Tensor& 
   const std::int64_t N = moe_permute_plan(s.expert_ids, E, s.counts, s.row_token, s.slot_row, token_mask);
   s.xp = f32({N, H});
   moe_gather(s.x2, s.row_token, s.xp);
-  s.gue = f32({N, 2 * Fm});
-  s.acte = f32({N, Fm});
-  s.yp = f32({N, H});
-  grouped_gemm(s.xp, l.experts_gate_up, s.counts, s.gue);
-  geglu(s.gue, s.acte);
-  grouped_gemm(s.acte, l.experts_down, s.counts, s.yp);
+  experts_forward(l, s, Fm, experts);
   s.moe_out = f32({T, H});
   moe_combine(s.yp, s.routing_weights, s.slot_row, s.moe_out);
   Tensor m2 = norm(s.moe_out, &l.post_feedforward_layernorm_2, eps, s.rstd_m2);
@@ -120,11 +161,12 @@ void layer_forward(const ModelConfig& c, int li, const LayerWeights& l, Tensor& 
 
 void layer_backward(const ModelConfig& c, int li, const LayerWeights& l, LayerWeights& g, const LayerSaved& s,
                     const RopeTables& rt, const Tensor& enc_k, const Tensor& enc_v, const AttnOpts& opts, float scalar,
-                    Tensor& dx, const Tensor* extra_dk, const Tensor* extra_dv, Tensor& d_enc_k, Tensor& d_enc_v) {
+                    Tensor& dx, const Tensor* extra_dk, const Tensor* extra_dv, Tensor& d_enc_k, Tensor& d_enc_v,
+                    ExpertExchange* experts) {
   const LayerSpec& spec = c.layer(li);
   const std::int64_t B = dx.size(0), S = dx.size(1), H = c.hidden_size, T = B * S;
   const std::int64_t nh = c.num_heads, nkv = spec.num_kv_heads, hd = spec.head_dim;
-  const std::int64_t k = c.top_k, Fm = c.moe_intermediate_size, N = s.xp.size(0);
+  const std::int64_t k = c.top_k, N = s.xp.size(0);
 
   // out = (r + f) · scalar, f = rms(s; post_feedforward_layernorm)
   Tensor dr = dx.reshape({T, H}).clone();
@@ -150,10 +192,8 @@ void layer_backward(const ModelConfig& c, int li, const LayerWeights& l, LayerWe
                                       &g.post_feedforward_layernorm_2);
     Tensor dyp = f32({N, H}), dweights = f32({T, k});
     moe_combine_backward(dmoe, s.yp, s.routing_weights, s.slot_row, dyp, dweights);
-    Tensor dacte = f32({N, Fm}), dgue = f32({N, 2 * Fm}), dxp = f32({N, H}), dx2 = f32({T, H});
-    grouped_gemm_backward(s.acte, l.experts_down, s.counts, dyp, &dacte, &g.experts_down);
-    geglu_backward(dacte, s.gue, dgue);
-    grouped_gemm_backward(s.xp, l.experts_gate_up, s.counts, dgue, &dxp, &g.experts_gate_up);
+    Tensor dxp = f32({N, H}), dx2 = f32({T, H});
+    experts_backward(l, g, s, dyp, dxp, experts);
     moe_gather_backward(dxp, s.slot_row, dx2);
     add_(dr, norm_backward(dx2, s.r, &l.pre_feedforward_layernorm_2, s.rstd_x2, &g.pre_feedforward_layernorm_2));
     Tensor drr = f32({T, H});

@@ -7,6 +7,7 @@
 
 #include "layers/model.h"
 #include "layers/ops.h"
+#include "layers/sharding.h"
 
 namespace dg::train {
 
@@ -25,17 +26,20 @@ struct LayerSaved {
   Tensor x1, rstd_x1, gu1, act1, d1, rstd_d1;  // dense branch
   Tensor x2, rstd_x2;                          // MoE branch input
   Tensor expert_ids, routing_weights, probs, rstd_r;  // router
-  Tensor counts, row_token, slot_row;                 // permutation plan
-  Tensor xp, gue, acte, yp, moe_out, rstd_m2;         // experts
+  Tensor counts, row_token, slot_row;                 // permutation plan (global expert ids)
+  ExpertRoute route;                                  // expert parallelism: the exchange plan
+  Tensor xp, xr, gue, acte, yp, moe_out, rstd_m2;     // experts (xr: the rows the local experts ran on)
   Tensor s, rstd_s;                                   // dense + MoE; post_feedforward_layernorm
 };
 
 // x [B,S,H] is replaced by the layer's output. enc_k / enc_v: the cached (encoder) K/V the queries
 // also attend ([B,Tc,nkv,hd]; undefined for the encoder pass). token_mask: i32 [B·S] (0 = padding,
-// dropped before the experts). scalar: layer_scalar or encoder_layer_scalar.
+// dropped before the experts). scalar: layer_scalar or encoder_layer_scalar. experts: the token
+// exchange of expert parallelism (null: all experts local; l.experts_* then hold all E experts, else
+// the E_local experts of this rank).
 void layer_forward(const ModelConfig& c, int li, const LayerWeights& l, Tensor& x, const RopeTables& rt,
                    const Tensor& enc_k, const Tensor& enc_v, const AttnOpts& opts, const Tensor& token_mask,
-                   float scalar, LayerSaved& saved);
+                   float scalar, LayerSaved& saved, ExpertExchange* experts = nullptr);
 
 // dx: d(layer output) [B,S,H] in, d(layer input) out. extra_dk / extra_dv (may be null): gradients of the
 // layer's own K/V from later passes (the decoder's reads of the encoder K/V), added to its own
@@ -43,7 +47,8 @@ void layer_forward(const ModelConfig& c, int li, const LayerWeights& l, Tensor& 
 // Parameter gradients accumulate into g; the router's parameters and the scalars get none (frozen).
 void layer_backward(const ModelConfig& c, int li, const LayerWeights& l, LayerWeights& g, const LayerSaved& s,
                     const RopeTables& rt, const Tensor& enc_k, const Tensor& enc_v, const AttnOpts& opts, float scalar,
-                    Tensor& dx, const Tensor* extra_dk, const Tensor* extra_dv, Tensor& d_enc_k, Tensor& d_enc_v);
+                    Tensor& dx, const Tensor* extra_dk, const Tensor* extra_dv, Tensor& d_enc_k, Tensor& d_enc_v,
+                    ExpertExchange* experts = nullptr);
 
 // Small helpers shared with train.cpp.
 Tensor f32(Shape s);

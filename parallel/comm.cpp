@@ -3,6 +3,23 @@
 
 namespace dg {
 
+namespace {
+struct DoneCollective final : PendingCollective {
+  void wait() override {}
+};
+}  // namespace
+
+std::unique_ptr<PendingCollective> Comm::all_gather_async(const void* send, void* recv, std::size_t count, DType t) {
+  all_gather(send, recv, count, t);
+  return std::make_unique<DoneCollective>();
+}
+
+std::unique_ptr<PendingCollective> Comm::reduce_scatter_async(const void* send, void* recv, std::size_t count, DType t,
+                                                              ReduceOp op) {
+  reduce_scatter(send, recv, count, t, op);
+  return std::make_unique<DoneCollective>();
+}
+
 static void check_on(const Comm& c, const Tensor& t, const char* what) {
   DG_CHECK(t.device() == c.device(), "{}: tensor {} is not on the comm's device ({})", what, t.describe(),
            device_name(c.device()));

@@ -14,6 +14,13 @@ namespace dg {
 
 enum class ReduceOp { Sum, Max, Min };
 
+// A collective in flight (the non-blocking forms below). wait() completes it; the destructor waits too.
+class PendingCollective {
+ public:
+  virtual ~PendingCollective() = default;
+  virtual void wait() = 0;
+};
+
 class Comm {
  public:
   virtual ~Comm() = default;
@@ -33,6 +40,11 @@ class Comm {
                             void* recv, const std::size_t* recv_counts, const std::size_t* recv_displs,
                             DType t) = 0;
   virtual void broadcast(void* buf, std::size_t count, DType t, int root) = 0;
+  // Non-blocking forms: the call returns at once; buffers must stay untouched until wait(). The default
+  // runs the blocking collective (NCCL calls are asynchronous on the comm's stream anyway).
+  virtual std::unique_ptr<PendingCollective> all_gather_async(const void* send, void* recv, std::size_t count, DType t);
+  virtual std::unique_ptr<PendingCollective> reduce_scatter_async(const void* send, void* recv, std::size_t count,
+                                                                  DType t, ReduceOp op);
   virtual void barrier() = 0;
   virtual void synchronize() {}  // wait for enqueued device work (no-op for MPI)
   // Sub-group of the ranks that pass the same color, ordered by key (then by rank).

@@ -46,6 +46,20 @@ void check_mpi(int rc, const char* what) {
   }
 }
 
+class MpiRequest final : public PendingCollective {
+ public:
+  explicit MpiRequest(MPI_Request r) : req_(r) {}
+  ~MpiRequest() override {
+    if (req_ != MPI_REQUEST_NULL) MPI_Wait(&req_, MPI_STATUS_IGNORE);
+  }
+  void wait() override {
+    if (req_ != MPI_REQUEST_NULL) check_mpi(MPI_Wait(&req_, MPI_STATUS_IGNORE), "Wait");
+  }
+
+ private:
+  MPI_Request req_;
+};
+
 class MpiComm final : public Comm {
  public:
   MpiComm(MPI_Comm c, bool owned) : comm_(c), owned_(owned) {
@@ -86,6 +100,21 @@ class MpiComm final : public Comm {
     check_mpi(MPI_Alltoallv(send, isc.data(), isd.data(), mpi_type(t, false), recv, irc.data(), ird.data(),
                             mpi_type(t, false), comm_),
               "Alltoallv");
+  }
+  std::unique_ptr<PendingCollective> all_gather_async(const void* send, void* recv, std::size_t count,
+                                                      DType t) override {
+    const int n = checked_count(count, "all_gather");
+    MPI_Request r = MPI_REQUEST_NULL;
+    check_mpi(MPI_Iallgather(send, n, mpi_type(t, false), recv, n, mpi_type(t, false), comm_, &r), "Iallgather");
+    return std::make_unique<MpiRequest>(r);
+  }
+  std::unique_ptr<PendingCollective> reduce_scatter_async(const void* send, void* recv, std::size_t count, DType t,
+                                                          ReduceOp op) override {
+    const int n = checked_count(count, "reduce_scatter");
+    MPI_Request r = MPI_REQUEST_NULL;
+    check_mpi(MPI_Ireduce_scatter_block(send, recv, n, mpi_type(t, true), mpi_op(op), comm_, &r),
+              "Ireduce_scatter_block");
+    return std::make_unique<MpiRequest>(r);
   }
   void broadcast(void* buf, std::size_t count, DType t, int root) override {
     check_mpi(MPI_Bcast(buf, checked_count(count, "broadcast"), mpi_type(t, false), root, comm_), "Bcast");
