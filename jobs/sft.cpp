@@ -62,6 +62,7 @@ void sft_options(po::options_description& d) {
       ("weight-decay", po::value<double>()->default_value(1e-4), "AdamW weight decay")
       ("beta1", po::value<double>()->default_value(0.95), "AdamW beta1")
       ("beta2", po::value<double>()->default_value(0.99), "AdamW beta2")
+      ("adam-eps", po::value<double>()->default_value(1e-8), "AdamW epsilon")
       ("grad-clip", po::value<double>()->default_value(1.0), "global gradient-norm clip")
       ("ar-weight", po::value<double>()->default_value(1.0), "weight of the encoder AR loss")
       ("seed", po::value<std::uint64_t>()->default_value(42), "seed of data order, noise and init")
@@ -292,6 +293,7 @@ int sft_run(JobContext& ctx) {
   adam.beta2 = vm["beta2"].as<double>();
   adam.weight_decay = vm["weight-decay"].as<double>();
   adam.max_grad_norm = vm["grad-clip"].as<double>();
+  adam.eps = vm["adam-eps"].as<double>();
   validate(adam);
   LrSchedule sched;
   sched.max_lr = vm["lr"].as<double>();
