@@ -8,8 +8,9 @@
 #include <set>
 #include <sstream>
 
-#include "app/exit_codes.h"
-#include "app/log.h"
+#include "app/runtime.h"
+#include "jobs/exit_codes.h"
+#include "jobs/log.h"
 
 namespace dg {
 
@@ -213,7 +214,8 @@ int run_cli(int argc, char** argv) {
     log::info("dgemma {} {} | {} rank(s) on {} node(s) | device {}", DGEMMA_VERSION, job->name, rt.size, rt.nodes,
               rt.device_description);
     if (rt.rank == 0) fmt::print("{}", parsed.resolved), std::fflush(stdout);
-    JobContext ctx{rt, parsed.vm, parsed.resolved};
+    JobEnv env{rt.world.get(), rt.rank, rt.node_id, rt.cuda_device, [&rt] { return rt.stop_requested(); }};
+    JobContext ctx{env, parsed.vm, parsed.resolved};
     code = job->run(ctx);
   } catch (const ConfigError& e) {
     log::error("{}", e.what());

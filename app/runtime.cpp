@@ -5,7 +5,7 @@
 #include <csignal>
 #include <cstdlib>
 
-#include "app/log.h"
+#include "jobs/log.h"
 #include "layers/device.h"
 
 namespace dg {

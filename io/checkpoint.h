@@ -99,6 +99,7 @@
 // HDF5 is not thread-safe in this build: one thread per process may use writers and readers.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -112,7 +113,20 @@
 
 namespace dg {
 
-class Comm;
+// The ranks that save one checkpoint together, as io/ sees them. io/ never communicates: it asks the
+// group for agreement and for the gathered shard lists, and the job answers over its communicator
+// (jobs/checkpoint_group.h).
+class CheckpointGroup {
+ public:
+  virtual ~CheckpointGroup() = default;
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+  // Runs fn on every rank; if it threw anywhere, every rank throws the lowest failing rank's error (a
+  // ConfigError stays one), so that all ranks leave the call together.
+  virtual void agree(const std::function<void()>& fn) = 0;
+  // Every rank's string, on rank 0 (empty elsewhere).
+  virtual std::vector<std::string> gather_to_root(const std::string& mine) = 0;
+};
 
 inline constexpr int kCheckpointFormatVersion = 1;
 inline constexpr std::string_view kCheckpointFormat = "dgemma-checkpoint";
@@ -193,8 +207,8 @@ struct CheckpointWriterOptions {
 
 class CheckpointWriter {
  public:
-  // Collective over `comm` (the ranks that save; comm must outlive the writer).
-  CheckpointWriter(Comm& comm, std::string ckpt_dir, std::int64_t step, CheckpointWriterOptions opts = {});
+  // Collective over `group` (the ranks that save; it must outlive the writer).
+  CheckpointWriter(CheckpointGroup& group, std::string ckpt_dir, std::int64_t step, CheckpointWriterOptions opts = {});
   ~CheckpointWriter();
   CheckpointWriter(const CheckpointWriter&) = delete;
   CheckpointWriter& operator=(const CheckpointWriter&) = delete;
@@ -219,7 +233,7 @@ class CheckpointWriter {
  private:
   struct LocalShard;
   void write_shard(const std::string& key, const Shape& global_shape, DType dtype, const Slice& slice, const void* data);
-  Comm& comm_;
+  CheckpointGroup& group_;
   std::string ckpt_dir_, final_dir_, tmp_dir_, file_name_;
   std::int64_t step_;
   CheckpointWriterOptions opts_;

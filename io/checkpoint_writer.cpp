@@ -12,7 +12,6 @@
 
 #include "io/atomic_file.h"
 #include "io/checkpoint_internal.h"
-#include "parallel/comm.h"
 
 namespace dg {
 
@@ -29,62 +28,6 @@ struct CheckpointWriter::LocalShard {
 };
 
 namespace {
-
-// ---- agreement between ranks ----------------------------------------------------------------------------
-void broadcast_string(Comm& c, std::string& s, int root) {
-  std::int64_t n = static_cast<std::int64_t>(s.size());
-  c.broadcast(&n, 1, DType::I64, root);
-  std::vector<std::int32_t> words(static_cast<std::size_t>((n + 3) / 4), 0);
-  if (c.rank() == root) std::memcpy(words.data(), s.data(), s.size());
-  c.broadcast(words.data(), words.size(), DType::I32, root);
-  s.assign(reinterpret_cast<const char*>(words.data()), static_cast<std::size_t>(n));
-}
-
-// Runs fn on every rank; if it threw anywhere, every rank throws the lowest failing rank's error (a
-// ConfigError stays one) so that all ranks leave the collective call together.
-void agree(Comm& c, const std::function<void()>& fn) {
-  std::int32_t code = 0;
-  std::string msg;
-  try {
-    fn();
-  } catch (const ConfigError& e) {
-    code = 2, msg = e.what();
-  } catch (const std::exception& e) {
-    code = 1, msg = e.what();
-  } catch (...) {
-    code = 1, msg = "unknown exception";
-  }
-  std::int32_t mine = code ? c.rank() : c.size(), first = 0;
-  c.all_reduce(&mine, &first, 1, DType::I32, ReduceOp::Min);
-  if (first == c.size()) return;
-  c.broadcast(&code, 1, DType::I32, first);
-  broadcast_string(c, msg, first);
-  if (code == 2) throw ConfigError(msg);
-  throw Error(msg);
-}
-
-// Every rank's string, on `root` (empty elsewhere).
-std::vector<std::string> gather_strings(Comm& c, const std::string& mine, int root) {
-  const int p = c.size();
-  std::int64_t len = static_cast<std::int64_t>(mine.size());
-  std::vector<std::int64_t> lens(static_cast<std::size_t>(p));
-  c.all_gather(&len, lens.data(), 1, DType::I64);
-  auto words = [](std::int64_t n) { return static_cast<std::size_t>((n + 3) / 4); };
-  std::vector<std::int32_t> send(words(len), 0);
-  std::memcpy(send.data(), mine.data(), mine.size());
-  std::vector<std::size_t> sc(p, 0), sd(p, 0), rc(p, 0), rd(p, 0);
-  sc[static_cast<std::size_t>(root)] = send.size();
-  std::size_t total = 0;
-  if (c.rank() == root)
-    for (int r = 0; r < p; ++r) rc[r] = words(lens[r]), rd[r] = total, total += rc[r];
-  std::vector<std::int32_t> recv(total);
-  c.all_to_all_v(send.data(), sc.data(), sd.data(), recv.data(), rc.data(), rd.data(), DType::I32);
-  std::vector<std::string> out;
-  if (c.rank() == root)
-    for (int r = 0; r < p; ++r)
-      out.emplace_back(reinterpret_cast<const char*>(recv.data() + rd[r]), static_cast<std::size_t>(lens[r]));
-  return out;
-}
 
 // ---- durability -----------------------------------------------------------------------------------------
 void fsync_file(const std::string& path) {
@@ -142,14 +85,14 @@ void publish_dir(const std::string& tmp, const std::string& final_dir, bool repl
 }  // namespace
 
 // ---- CheckpointWriter -----------------------------------------------------------------------------------
-CheckpointWriter::CheckpointWriter(Comm& comm, std::string ckpt_dir, std::int64_t step, CheckpointWriterOptions opts)
-    : comm_(comm), ckpt_dir_(std::move(ckpt_dir)), step_(step), opts_(opts) {
+CheckpointWriter::CheckpointWriter(CheckpointGroup& group, std::string ckpt_dir, std::int64_t step, CheckpointWriterOptions opts)
+    : group_(group), ckpt_dir_(std::move(ckpt_dir)), step_(step), opts_(opts) {
   DG_CHECK(step >= 0, "negative checkpoint step {}", step);
   final_dir_ = checkpoint_step_dir(ckpt_dir_, step_);
   tmp_dir_ = final_dir_ + ".tmp";
-  file_name_ = ckpt::rank_file_name(comm_.rank());
-  agree(comm_, [&] {
-    if (comm_.rank() != 0) return;
+  file_name_ = ckpt::rank_file_name(group_.rank());
+  group_.agree([&] {
+    if (group_.rank() != 0) return;
     std::error_code ec;
     if (fs::exists(final_dir_, ec) && !opts_.overwrite)
       fail_config("checkpoint {} already exists (not overwriting it; remove it or save with overwrite)", final_dir_);
@@ -161,7 +104,7 @@ CheckpointWriter::CheckpointWriter(Comm& comm, std::string ckpt_dir, std::int64_
       fail_config("cannot create {}: {}", tmp_dir_, ec ? ec.message() : "it exists");
   });
   try {
-    agree(comm_, [&] {
+    group_.agree([&] {
       ckpt::H5Quiet quiet;
       const std::string path = tmp_dir_ + "/" + file_name_;
       H5Id fapl = ckpt::make_fapl();
@@ -172,8 +115,8 @@ CheckpointWriter::CheckpointWriter(Comm& comm, std::string ckpt_dir, std::int64_
       ckpt::write_attr_string(file_, "format", std::string(kCheckpointFormat));
       ckpt::write_attr_i64(file_, "format_version", {kCheckpointFormatVersion}, true);
       ckpt::write_attr_i64(file_, "step", {step_}, true);
-      ckpt::write_attr_i64(file_, "rank", {comm_.rank()}, true);
-      ckpt::write_attr_i64(file_, "world_size", {comm_.size()}, true);
+      ckpt::write_attr_i64(file_, "rank", {group_.rank()}, true);
+      ckpt::write_attr_i64(file_, "world_size", {group_.size()}, true);
     });
   } catch (...) {
     if (file_ >= 0) H5Fclose(file_);
@@ -256,10 +199,10 @@ void CheckpointWriter::set_rank_section(const std::string& name, json value) { r
 std::string CheckpointWriter::commit() {
   DG_CHECK(!done_, "checkpoint {} committed twice", final_dir_);
   done_ = true;
-  const bool root = comm_.rank() == 0;
+  const bool root = group_.rank() == 0;
   auto drop_tmp_on_failure = [&](const std::function<void()>& step) {
     try {
-      agree(comm_, step);
+      group_.agree(step);
     } catch (...) {
       if (root) remove_tree_quietly(tmp_dir_);  // every rank has closed its file by now
       throw;
@@ -271,9 +214,9 @@ std::string CheckpointWriter::commit() {
     ckpt::H5Quiet quiet;
     const hid_t f = file_;
     file_ = -1;
-    if (f < 0) fail("checkpoint {}: rank {} has no open file", final_dir_, comm_.rank());
+    if (f < 0) fail("checkpoint {}: rank {} has no open file", final_dir_, group_.rank());
     if (H5Fclose(f) < 0) fail("cannot close {}/{}: {}", tmp_dir_, file_name_, ckpt::h5_error());
-    if (!failed_.empty()) fail("checkpoint {}: a shard could not be written on rank {}: {}", final_dir_, comm_.rank(), failed_);
+    if (!failed_.empty()) fail("checkpoint {}: a shard could not be written on rank {}: {}", final_dir_, group_.rank(), failed_);
     fsync_file(tmp_dir_ + "/" + file_name_);
   });
 
@@ -287,19 +230,19 @@ std::string CheckpointWriter::commit() {
       e["offset"] = s.slice.offset, e["count"] = s.slice.count;
     mine["shards"].push_back(std::move(e));
   }
-  const std::vector<std::string> parts = gather_strings(comm_, mine.dump(), 0);
+  const std::vector<std::string> parts = group_.gather_to_root(mine.dump());
 
   // 3. Rank 0 builds and checks the manifest, writes it last, publishes the directory and `latest`.
   drop_tmp_on_failure([&] {
     if (!root) return;
     CheckpointManifest m;
     m.step = step_;
-    m.world_size = comm_.size();
+    m.world_size = group_.size();
     m.dgemma_version = DGEMMA_VERSION;
-    for (int r = 0; r < comm_.size(); ++r) m.files.push_back(ckpt::rank_file_name(r));
+    for (int r = 0; r < group_.size(); ++r) m.files.push_back(ckpt::rank_file_name(r));
     std::map<std::string, int> declared_by;
     std::map<std::string, int> section_from;
-    for (int r = 0; r < comm_.size(); ++r) {
+    for (int r = 0; r < group_.size(); ++r) {
       const json part = json::parse(parts[static_cast<std::size_t>(r)]);
       for (const json& e : part["shards"]) {
         const std::string key = e["key"];
@@ -329,7 +272,7 @@ std::string CheckpointWriter::commit() {
       for (const auto& [name, v] : part["rank_sections"].items()) {
         if (!m.rank_sections.contains(name)) m.rank_sections[name] = json::array();
         json& arr = m.rank_sections[name];
-        while (arr.size() < static_cast<std::size_t>(comm_.size())) arr.push_back(nullptr);
+        while (arr.size() < static_cast<std::size_t>(group_.size())) arr.push_back(nullptr);
         arr[static_cast<std::size_t>(r)] = v;
       }
     }

@@ -1,7 +1,8 @@
-// Loading a model from a Hugging Face directory (config.json + model.safetensors or a sharded index)
-// into native weights, through the name adapter of io/hf_names.h. Every tensor of the model must be
-// present exactly once with the shape the config implies; tensors the model does not use are carried
-// (listed in `carried`), and any other tensor is an error naming the directory and the tensor.
+// Reading a Hugging Face directory (config.json + model.safetensors or a sharded index) by native tensor
+// name, through the name adapter of io/hf_names.h. Every tensor of the model must be present exactly
+// once with the shape the config implies; tensors the model does not use are carried (listed), and any
+// other tensor is an error naming the directory and the tensor. io/ builds no model: a job that wants
+// the whole model in memory uses jobs/model_load.h.
 #pragma once
 #include <nlohmann/json.hpp>
 #include <memory>
@@ -11,16 +12,6 @@
 #include "layers/model.h"
 
 namespace dg {
-
-struct HfModel {
-  ModelConfig config;
-  ModelWeights weights;               // f32, CPU
-  std::vector<std::string> carried;   // HF names of the tensors kept but not used (vision tower, ...)
-  nlohmann::json config_json;            // config.json as written (kept for writing the model back)
-  nlohmann::json generation_config_json; // generation_config.json, or null when the directory has none
-};
-
-HfModel load_hf_model(const std::string& dir);
 
 // The model tensors of an HF directory read by native name, whole or as any element range of the native
 // row-major flattening, straight from the mmap'ed safetensors files (converted to f32, the experts

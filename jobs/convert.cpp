@@ -14,7 +14,7 @@
 #include <filesystem>
 #include <fstream>
 
-#include "app/log.h"
+#include "jobs/log.h"
 #include "io/atomic_file.h"
 #include "io/checkpoint.h"
 #include "io/hf_config.h"
@@ -22,6 +22,7 @@
 #include "io/hf_names.h"
 #include "io/safetensors.h"
 #include "jobs/export.h"
+#include "jobs/checkpoint_group.h"
 #include "jobs/jobs.h"
 #include "parallel/comm.h"
 
@@ -138,7 +139,8 @@ int hf_to_h5(JobContext& ctx, const std::string& in, const std::string& out) {
 
   CheckpointWriterOptions wopts;
   wopts.overwrite = ctx.vm["overwrite"].as<bool>();
-  CheckpointWriter writer(world, out, ctx.vm["step"].as<std::int64_t>(), wopts);
+  CommCheckpointGroup group(world);
+  CheckpointWriter writer(group, out, ctx.vm["step"].as<std::int64_t>(), wopts);
   writer.set_section("hf_config", config_json);
   if (fs::exists(dir / "generation_config.json"))
     writer.set_section("hf_generation_config", read_json_file((dir / "generation_config.json").string()));

@@ -25,10 +25,10 @@
 #include <optional>
 #include <set>
 
-#include "app/log.h"
+#include "jobs/log.h"
 #include "io/atomic_file.h"
 #include "io/chat_template.h"
-#include "io/hf_model.h"
+#include "jobs/model_load.h"
 #include "io/tokenizer.h"
 #include "jobs/jobs.h"
 #include "layers/generation.h"

@@ -2,7 +2,7 @@
 // (memory stays at one tensor, so the 26B shape works too). The values depend only on the seed.
 #include <filesystem>
 
-#include "app/log.h"
+#include "jobs/log.h"
 #include "io/builtin.h"
 #include "io/hf_config.h"
 #include "io/hf_model.h"

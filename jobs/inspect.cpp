@@ -3,7 +3,7 @@
 #include <filesystem>
 #include <map>
 
-#include "app/log.h"
+#include "jobs/log.h"
 #include "io/hf_config.h"
 #include "io/hf_model.h"
 #include "io/hf_names.h"

@@ -6,14 +6,26 @@
 #include <string>
 #include <string_view>
 
-#include "app/runtime.h"
+#include <functional>
+
+#include "parallel/comm.h"
 
 namespace dg {
 
 namespace po = boost::program_options;
 
+// What a job is given of the process it runs in (app/ starts MPI, picks the device and installs the
+// signal handlers, then fills this in): jobs never reach back into app/.
+struct JobEnv {
+  Comm* world = nullptr;  // host comm over all ranks
+  int rank = 0;
+  int node_id = 0;        // shared by the ranks of one node
+  int cuda_device = -1;   // selected device ordinal, -1 on the CPU
+  std::function<bool()> stop_requested;  // collective: true on every rank once any rank was signalled
+};
+
 struct JobContext {
-  Runtime& rt;
+  JobEnv rt;
   const po::variables_map& vm;
   std::string resolved_config;  // INI text of every option with its value; jobs save it with outputs
 };

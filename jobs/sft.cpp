@@ -16,8 +16,8 @@
 #include <optional>
 #include <sstream>
 
-#include "app/exit_codes.h"
-#include "app/log.h"
+#include "jobs/exit_codes.h"
+#include "jobs/log.h"
 #include "io/atomic_file.h"
 #include "io/builtin.h"
 #include "io/checkpoint.h"
@@ -28,6 +28,7 @@
 #include "io/safetensors.h"
 #include "io/sft_data.h"
 #include "jobs/export.h"
+#include "jobs/checkpoint_group.h"
 #include "jobs/jobs.h"
 #include "layers/init.h"
 #include "layers/noise.h"
@@ -128,7 +129,8 @@ void save_checkpoint(Comm& world, const std::string& dir, std::int64_t step, con
                      const Mesh& mesh, std::int64_t optimizer_step, const SftCursor& cursor, const json& train_section) {
   CheckpointWriterOptions opts;
   opts.overwrite = true;  // a resumed run may save a step again
-  CheckpointWriter w(world, dir, step, opts);
+  CommCheckpointGroup group(world);
+  CheckpointWriter w(group, dir, step, opts);
   for (const auto& unit : model.units())
     for (const OwnedSlice& s : unit->owned()) {
       const Slice slice = Slice::range(s.begin, s.end);

@@ -1,6 +1,8 @@
 // Tensor forms of the collectives and helpers shared by both implementations.
 #include "parallel/comm.h"
 
+#include <cstring>
+
 namespace dg {
 
 namespace {
@@ -56,6 +58,58 @@ bool any_rank(Comm& c, bool flag) {
   std::int32_t v = flag ? 1 : 0;
   c.all_reduce(&v, &v, 1, DType::I32, ReduceOp::Max);
   return v != 0;
+}
+
+static void broadcast_string(Comm& c, std::string& s, int root) {
+  std::int64_t n = static_cast<std::int64_t>(s.size());
+  c.broadcast(&n, 1, DType::I64, root);
+  std::vector<std::int32_t> words(static_cast<std::size_t>((n + 3) / 4), 0);
+  if (c.rank() == root) std::memcpy(words.data(), s.data(), s.size());
+  c.broadcast(words.data(), words.size(), DType::I32, root);
+  s.assign(reinterpret_cast<const char*>(words.data()), static_cast<std::size_t>(n));
+}
+
+void agree(Comm& c, const std::function<void()>& fn) {
+  std::int32_t code = 0;
+  std::string msg;
+  try {
+    fn();
+  } catch (const ConfigError& e) {
+    code = 2, msg = e.what();
+  } catch (const std::exception& e) {
+    code = 1, msg = e.what();
+  } catch (...) {
+    code = 1, msg = "unknown exception";
+  }
+  std::int32_t mine = code ? c.rank() : c.size(), first = 0;
+  c.all_reduce(&mine, &first, 1, DType::I32, ReduceOp::Min);
+  if (first == c.size()) return;
+  c.broadcast(&code, 1, DType::I32, first);
+  broadcast_string(c, msg, first);
+  if (code == 2) throw ConfigError(msg);
+  throw Error(msg);
+}
+
+std::vector<std::string> gather_strings(Comm& c, const std::string& mine, int root) {
+  const int p = c.size();
+  std::int64_t len = static_cast<std::int64_t>(mine.size());
+  std::vector<std::int64_t> lens(static_cast<std::size_t>(p));
+  c.all_gather(&len, lens.data(), 1, DType::I64);
+  auto words = [](std::int64_t n) { return static_cast<std::size_t>((n + 3) / 4); };
+  std::vector<std::int32_t> send(words(len), 0);
+  std::memcpy(send.data(), mine.data(), mine.size());
+  std::vector<std::size_t> sc(p, 0), sd(p, 0), rc(p, 0), rd(p, 0);
+  sc[static_cast<std::size_t>(root)] = send.size();
+  std::size_t total = 0;
+  if (c.rank() == root)
+    for (int r = 0; r < p; ++r) rc[r] = words(lens[r]), rd[r] = total, total += rc[r];
+  std::vector<std::int32_t> recv(total);
+  c.all_to_all_v(send.data(), sc.data(), sd.data(), recv.data(), rc.data(), rd.data(), DType::I32);
+  std::vector<std::string> out;
+  if (c.rank() == root)
+    for (int r = 0; r < p; ++r)
+      out.emplace_back(reinterpret_cast<const char*>(recv.data() + rd[r]), static_cast<std::size_t>(lens[r]));
+  return out;
 }
 
 }  // namespace dg

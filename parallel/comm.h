@@ -5,6 +5,8 @@
 // stream (call synchronize() before reading results on the host).
 #pragma once
 #include <cstddef>
+#include <functional>
+#include <string>
 #include <memory>
 #include <vector>
 
@@ -65,5 +67,11 @@ std::unique_ptr<Comm> make_nccl_comm(Comm& host);
 
 // One agreement over `c` (an all-reduce of MAX): true on every rank when any rank's flag is set.
 bool any_rank(Comm& c, bool flag);
+
+// Runs fn on every rank of `c`; if it threw anywhere, every rank throws the lowest failing rank's error
+// (a ConfigError stays one), so that all ranks leave a collective operation together.
+void agree(Comm& c, const std::function<void()>& fn);
+// Every rank's string, on `root` (empty elsewhere).
+std::vector<std::string> gather_strings(Comm& c, const std::string& mine, int root);
 
 }  // namespace dg

@@ -17,6 +17,7 @@
 #include <sstream>
 
 #include "io/checkpoint.h"
+#include "jobs/checkpoint_group.h"
 #include "io/checkpoint_internal.h"
 #include "parallel/comm.h"
 
@@ -202,7 +203,8 @@ void write_small(const std::string& ckpt_dir, std::int64_t step, std::uint64_t s
   const int p = c.size(), r = c.rank();
   GlobalTensor a("param/a", {4 * p, 3}, DType::F32, seed), b("param/b", {5}, DType::BF16, seed + 1),
       cc("param/c", {3, 2}, DType::I64, seed + 2);
-  CheckpointWriter w(c, ckpt_dir, step);
+  CommCheckpointGroup cg(c);
+  CheckpointWriter w(cg, ckpt_dir, step);
   add_slice(w, a, Slice::rows(a.shape, 2 * r, 2 * r + 2));
   add_slice(w, a, Slice::rows(a.shape, 2 * (r + p), 2 * (r + p) + 2));
   if (r == p - 1) add_slice(w, b, Slice::whole(b.shape));
@@ -241,7 +243,8 @@ TEST_CASE("a checkpoint written by N ranks reads back bit-exactly under other de
   const std::string ckpt_dir = tmp.sub("ckpt");
   const Layout layout(p);
   {
-    CheckpointWriter w(c, ckpt_dir, 1000);
+    CommCheckpointGroup cg(c);
+    CheckpointWriter w(cg, ckpt_dir, 1000);
     for (std::size_t i = 0; i < layout.tensors.size(); ++i)
       for (const Slice& s : layout.written(i, me, p)) add_slice(w, layout.tensors[i], s);
     w.set_section("schedule", {{"lr", 1e-4}, {"step", 1000}});
@@ -304,7 +307,8 @@ TEST_CASE("bf16 and f16 are HDF5 float types that HDF5 itself converts to the ri
   const std::vector<float> values = {1.0f, -2.5f, 3.140625f, 0.0f, 1e-30f, -6.5e4f, 1.5e30f};
   Tensor bf = Tensor::from({7}, values).to(DType::BF16), hf = Tensor::from({7}, values).to(DType::F16);
   {
-    CheckpointWriter w(c, ckpt_dir, 5);
+    CommCheckpointGroup cg(c);
+    CheckpointWriter w(cg, ckpt_dir, 5);
     if (c.rank() == c.size() - 1) {
       w.add("param/known_bf16", bf);
       w.add("param/known_f16", hf);
@@ -360,13 +364,15 @@ TEST_CASE("the save is atomic: step_N.tmp until commit, then step_N, then latest
   const std::string dir = tmp.sub("ckpt");
   GlobalTensor v1("param/v", {4, 2}, DType::F32, 21), v2("param/v", {4, 2}, DType::F32, 22);
   auto write = [&](std::int64_t step, const GlobalTensor& g, CheckpointWriterOptions o = {}) {
-    CheckpointWriter w(c, dir, step, o);
+    CommCheckpointGroup cg(c);
+    CheckpointWriter w(cg, dir, step, o);
     if (me == 0) add_slice(w, g, Slice::whole(g.shape));
     return w.commit();
   };
 
   {
-    CheckpointWriter w(c, dir, 7);
+    CommCheckpointGroup cg(c);
+    CheckpointWriter w(cg, dir, 7);
     if (me == 0) add_slice(w, v1, Slice::whole(v1.shape));
     c.barrier();
     if (me == 0) {
@@ -385,7 +391,8 @@ TEST_CASE("the save is atomic: step_N.tmp until commit, then step_N, then latest
   c.barrier();  // every rank has looked before the next save changes the directory
 
   {  // a later step: latest moves only at its commit
-    CheckpointWriter w(c, dir, 9);
+    CommCheckpointGroup cg(c);
+    CheckpointWriter w(cg, dir, 9);
     if (me == 0) add_slice(w, v2, Slice::whole(v2.shape));
     c.barrier();
     CHECK(latest_checkpoint_step(dir) == 7);
@@ -398,7 +405,8 @@ TEST_CASE("the save is atomic: step_N.tmp until commit, then step_N, then latest
   c.barrier();  // every rank has looked before the next save changes the directory
 
   {  // a save that dies before commit leaves only its .tmp, which the next save of that step replaces
-    CheckpointWriter w(c, dir, 11);
+    CommCheckpointGroup cg(c);
+    CheckpointWriter w(cg, dir, 11);
     if (me == 0) add_slice(w, v1, Slice::whole(v1.shape));
   }
   c.barrier();
@@ -452,7 +460,8 @@ TEST_CASE("a save whose shards do not tile, or disagree between ranks, fails on 
 
   auto expect_failed_save = [&](std::int64_t step, const char* what, auto&& adds) {
     CAPTURE(what);
-    CheckpointWriter w(c, dir, step);
+    CommCheckpointGroup cg(c);
+    CheckpointWriter w(cg, dir, step);
     adds(w);
     CHECK_THROWS_WITH_AS(w.commit(), doctest::Contains(what), Error);
     c.barrier();
@@ -492,7 +501,8 @@ TEST_CASE("a save whose shards do not tile, or disagree between ranks, fails on 
       CHECK_THROWS_AS(w.add("param/x", {8}, Slice::whole({8}), Tensor::zeros({7}, DType::F32)), Error);
     }
   });
-  CheckpointWriter w(c, dir, 6);
+  CommCheckpointGroup cg(c);
+  CheckpointWriter w(cg, dir, 6);
   add_slice(w, g, Slice::rows(g.shape, 2 * me, 2 * me + 2));
   CHECK(w.commit() == checkpoint_step_dir(dir, 6));
   CHECK_THROWS_AS(w.commit(), Error);

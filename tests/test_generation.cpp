@@ -2,7 +2,7 @@
 // batch mates, canvas rounding, EOS handling, stopping, metrics and option validation.
 #include <doctest/doctest.h>
 
-#include "io/hf_model.h"
+#include "jobs/model_load.h"
 #include "layers/generation.h"
 
 using namespace dg;

@@ -11,7 +11,7 @@
 // >= 1e-2.
 #include <doctest/doctest.h>
 
-#include "io/hf_model.h"
+#include "jobs/model_load.h"
 #include "io/safetensors.h"
 #include "layers/model.h"
 #include "tests/op_test_util.h"

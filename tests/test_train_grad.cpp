@@ -23,7 +23,7 @@
 #include <cmath>
 #include <random>
 
-#include "io/hf_model.h"
+#include "jobs/model_load.h"
 #include "layers/model.h"
 #include "layers/ops.h"
 #include "layers/train.h"

@@ -46,7 +46,7 @@
 #include <set>
 #include <string>
 
-#include "io/hf_model.h"
+#include "jobs/model_load.h"
 #include "io/hf_names.h"
 #include "io/safetensors.h"
 #include "layers/train.h"

@@ -1,4 +1,4 @@
-#include "app/log.h"
+#include "jobs/log.h"
 
 #include <ctime>
 
