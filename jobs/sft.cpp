@@ -9,6 +9,7 @@
 // Resuming from a checkpoint on the same mesh reproduces the losses bit for bit on the CPU backend:
 // all randomness is keyed by (seed, step, sample index), the cursor and the optimizer state are saved.
 #include <chrono>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -398,6 +399,10 @@ int sft_run(JobContext& ctx) {
     // The gradients are in the owners' slices already (reduce-scattered during the backward).
     StepStats st;
     st.grad_norm = global_grad_norm(world, model);
+    if (!std::isfinite(st.grad_norm))
+      fail("sft: step {}: the gradient norm is {} (a NaN or Inf in the loss or the gradients); the weights were not "
+           "updated, the last checkpoint is intact: lower --lr or check the data",
+           step + 1, st.grad_norm);
     st.clip_coef = clip_coefficient(st.grad_norm, adam.max_grad_norm);
     ++optimizer_steps;
     for (const auto& unit : model.units()) {

@@ -108,17 +108,26 @@ void FsdpUnit::bind_grads(ModelGrads& g) {
   bind(g, full_grad_);
 }
 
-void FsdpUnit::reduce_grads(ModelGrads& g, FsdpTraffic& t) {
-  DG_CHECK(full_grad_.defined() && full_grad_.numel() > 0, "FSDP unit {}: no gradient buffer to reduce", spec_.name);
-  Tensor part = Tensor::empty({chunk_}, DType::F32);
-  group_->reduce_scatter(full_grad_.raw(), part.raw(), static_cast<std::size_t>(chunk_), DType::F32, ReduceOp::Sum);
-  float* acc = grad_.data<float>();
-  const float* p = part.data<float>();
-  for (std::int64_t i = 0; i < chunk_; ++i) acc[i] += p[i];
+void FsdpUnit::reduce_grads_start(ModelGrads& g, FsdpTraffic& t) {
+  DG_CHECK(full_grad_.defined() && full_grad_.numel() > 0 && !pending_grad_,
+           "FSDP unit {}: no gradient buffer to reduce", spec_.name);
+  reduced_ = Tensor::empty({chunk_}, DType::F32);
+  pending_grad_ = group_->reduce_scatter_async(full_grad_.raw(), reduced_.raw(), static_cast<std::size_t>(chunk_),
+                                               DType::F32, ReduceOp::Sum);
   for (const Member& m : members_) m.t.param.slot(g) = Tensor();
-  full_grad_ = Tensor();
   t.reduced_bytes += static_cast<double>(padded_numel()) * 4.0;
   ++t.reduce_scatters;
+}
+
+void FsdpUnit::reduce_grads_finish() {
+  if (!pending_grad_) return;
+  pending_grad_->wait();
+  pending_grad_.reset();
+  float* acc = grad_.data<float>();
+  const float* p = reduced_.data<float>();
+  for (std::int64_t i = 0; i < chunk_; ++i) acc[i] += p[i];
+  reduced_ = Tensor();
+  full_grad_ = Tensor();
 }
 
 // ---- FsdpModel ---------------------------------------------------------------------------------------
@@ -185,10 +194,18 @@ void FsdpModel::backward_begin(int unit) {
 }
 
 void FsdpModel::backward_end(int unit) {
+  finish_grads();  // the previous unit's reduce-scatter ran during this unit's backward
   for (FsdpUnit* u : units_of(unit)) {
-    u->reduce_grads(grads_, traffic_);
+    u->reduce_grads_start(grads_, traffic_);
     u->release(weights_);
+    reducing_.push_back(u);
   }
+  if (unit == kRootUnit) finish_grads();  // the last use of the micro-batch
+}
+
+void FsdpModel::finish_grads() {
+  for (FsdpUnit* u : reducing_) u->reduce_grads_finish();
+  reducing_.clear();
 }
 
 double global_grad_norm(Comm& world, const FsdpModel& model) {

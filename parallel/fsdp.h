@@ -11,8 +11,10 @@
 //   forward_end(u)     released again when the unit reshards after forward (the plan says)
 //   backward_begin(u)  gathered again (prefetching the unit below) and a zeroed gradient buffer bound
 //                      into the ModelGrads
-//   backward_end(u)    the unit's gradient is complete: reduce-scattered (SUM) into the owners' slices
-//                      (accumulating over micro-batches), the buffers released
+//   backward_end(u)    the unit's gradient is complete: a non-blocking reduce-scatter (SUM) starts, the
+//                      parameters are released; the reduce-scatter completes at the next backward_end
+//                      (overlapping the next unit's backward) and is added into the owners' slices
+//                      (accumulating over micro-batches)
 //
 // Expert units are sharded over the expert-replica group and hold only the ep rank's E/ep experts;
 // dense units and the root over the world. The plan (which tensors form which unit, on which group,
@@ -87,7 +89,14 @@ class FsdpUnit {
   void gather_finish(ModelWeights& w);         // wait and bind the tensors into w
   void release(ModelWeights& w);               // unbind and free the compute copy
   void bind_grads(ModelGrads& g);              // a zeroed full-size gradient buffer, bound into g
-  void reduce_grads(ModelGrads& g, FsdpTraffic& t);  // reduce-scatter += into the owned grad; unbind
+  // Non-blocking reduce-scatter of the gradient buffer (unbound from g at once); finish adds the result
+  // into the owned gradient slice and frees the buffer.
+  void reduce_grads_start(ModelGrads& g, FsdpTraffic& t);
+  void reduce_grads_finish();
+  void reduce_grads(ModelGrads& g, FsdpTraffic& t) {  // both, blocking
+    reduce_grads_start(g, t);
+    reduce_grads_finish();
+  }
 
  private:
   struct Member {
@@ -103,7 +112,8 @@ class FsdpUnit {
   std::int64_t numel_ = 0, chunk_ = 0;
   Tensor master_, exp_avg_, exp_avg_sq_, grad_;  // owned slice, f32 [chunk]
   Tensor full_, full_grad_;                       // compute copy and gradient buffer while in use
-  std::unique_ptr<PendingCollective> pending_;
+  Tensor reduced_;                                // the reduce-scatter's result while in flight
+  std::unique_ptr<PendingCollective> pending_, pending_grad_;
 };
 
 // The sharded model: every unit of a plan on a mesh, serving the training pass as its ParamSchedule.
@@ -127,6 +137,8 @@ class FsdpModel final : public ParamSchedule {
   void forward_end(int unit) override;
   void backward_begin(int unit) override;
   void backward_end(int unit) override;
+  // Completes the gradient reduce-scatters still in flight (before reading the owned gradients).
+  void finish_grads();
 
  private:
   std::vector<FsdpUnit*> units_of(int unit);
@@ -135,6 +147,7 @@ class FsdpModel final : public ParamSchedule {
   int num_layers_;
   Mesh& mesh_;
   std::vector<std::unique_ptr<FsdpUnit>> units_;
+  std::vector<FsdpUnit*> reducing_;  // reduce-scatters in flight
   ModelWeights weights_;
   ModelGrads grads_;
   FsdpTraffic traffic_;

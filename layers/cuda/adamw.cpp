@@ -1,5 +1,5 @@
 // Host side of the CUDA AdamW update (layers/cuda/adamw.h): checks, the double-precision scalars rounded
-// to fp32 exactly as FlatParams::adamw_update rounds them (optim/adamw.cpp), and the launch.
+// to fp32 exactly as adamw_update (optim/adamw.cpp) rounds them (optim/adamw.cpp), and the launch.
 #include "layers/cuda/adamw.h"
 
 #include <cmath>
@@ -28,7 +28,7 @@ void adamw_update(Tensor& master, Tensor& exp_avg, Tensor& exp_avg_sq, const Ten
            "adamw_update: non-finite scalar (lr {}, betas {} {}, eps {}, weight_decay {}, clip {})", lr, beta1, beta2,
            eps, weight_decay, clip_coef);
 
-  // The scalars of FlatParams::adamw_update, in the same double expressions and fp32 roundings.
+  // The scalars of adamw_update (optim/adamw.cpp), in the same double expressions and fp32 roundings.
   const auto t = static_cast<double>(step);
   kernels::AdamWScalars s{};
   s.clip = static_cast<float>(clip_coef);

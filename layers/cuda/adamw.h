@@ -1,4 +1,4 @@
-// AdamW on device buffers: the CUDA form of FlatParams::adamw_update (optim/adamw.h, step 3) for one
+// AdamW on device buffers: the CUDA form of adamw_update (optim/adamw.h, step 3) for one
 // owned slice, exactly torch.optim.AdamW's single-tensor path, with the gradient clipping folded in.
 // Scalars are computed on the host in double (Python floats) and rounded to fp32 where torch rounds
 // them; the element math is fp32 in the CPU loop's order (no fused multiply-add), so the result equals
