@@ -1,4 +1,4 @@
-// AdamW kernel (layers/cuda/adamw.h): one thread per element, the CPU loop of FlatParams::adamw_update
+// AdamW kernel (layers/cuda/adamw.h): one thread per element, the CPU loop of adamw_update (optim/adamw.cpp)
 // with every fp32 operation rounded separately (_rn intrinsics: no fused multiply-add, IEEE division and
 // square root), so the update is bit-identical to the host's.
 #include <cuda_bf16.h>
