@@ -3,6 +3,7 @@
 
 #include <cstring>
 
+#include "layers/layer.h"
 #include "layers/ops.h"
 
 namespace dg {
@@ -119,59 +120,11 @@ std::vector<NamedTensor> model_tensors(const ModelConfig& c, const ModelWeights&
 
 namespace {
 
-Tensor f32(Shape s) { return Tensor::empty(std::move(s), DType::F32); }
-
-// y [T, out] = x [T, in] · Wᵀ (W [out, in])
-Tensor linear(const Tensor& x, const Tensor& weight) {
-  Tensor y = f32({x.size(0), weight.size(0)});
-  gemm(x, weight, y, {.trans_b = true});
-  return y;
-}
+using layer::f32;
 
 Tensor norm(const Tensor& x, const Tensor* weight, float eps) {
-  Shape rows(x.shape().begin(), x.shape().end() - 1);
-  Tensor y = f32(x.shape()), rstd = f32(rows);
-  rms_norm(x, weight, eps, y, rstd);
-  return y;
-}
-
-void add_(Tensor& a, const Tensor& b) {
-  float* pa = a.data<float>();
-  const float* pb = b.data<float>();
-  for (std::int64_t i = 0; i < a.numel(); ++i) pa[i] += pb[i];
-}
-
-void scale_(Tensor& a, float s) {
-  float* p = a.data<float>();
-  for (std::int64_t i = 0; i < a.numel(); ++i) p[i] *= s;
-}
-
-// GEGLU MLP with a fused [2F, H] gate|up weight.
-Tensor mlp(const Tensor& x, const Tensor& gate_up, const Tensor& down) {
-  Tensor gu = linear(x, gate_up);
-  Tensor act = f32({x.size(0), gate_up.size(0) / 2});
-  geglu(gu, act);
-  return linear(act, down);
-}
-
-// The experts of one layer: route on r, run on x2, combine with the routing weights.
-Tensor moe(const ModelConfig& c, const LayerWeights& l, const Tensor& r, const Tensor& x2) {
-  const std::int64_t T = r.size(0), H = r.size(1), k = c.top_k, E = c.num_experts, Fm = c.moe_intermediate_size;
-  Tensor ids = Tensor::empty({T, k}, DType::I32), weights = f32({T, k}), probs = f32({T, E}), rstd = f32({T});
-  moe_router(r, l.router_scale, l.router_proj, l.router_per_expert_scale, ids, weights, probs, rstd,
-             static_cast<float>(c.rms_norm_eps));
-  Tensor counts = Tensor::empty({E}, DType::I32), row_token = Tensor::empty({T * k}, DType::I32),
-         slot_row = Tensor::empty({T, k}, DType::I32);
-  const std::int64_t N = moe_permute_plan(ids, E, counts, row_token, slot_row);
-  Tensor xp = f32({N, H});
-  moe_gather(x2, row_token, xp);
-  Tensor gu = f32({N, 2 * Fm}), act = f32({N, Fm}), yp = f32({N, H});
-  grouped_gemm(xp, l.experts_gate_up, counts, gu);
-  geglu(gu, act);
-  grouped_gemm(act, l.experts_down, counts, yp);
-  Tensor out = f32({T, H});
-  moe_combine(yp, weights, slot_row, out);
-  return out;
+  Tensor rstd;
+  return layer::norm(x, weight, eps, rstd);
 }
 
 // [B, T0, n, d] ++ [B, T1, n, d] along the sequence, keeping only the last `keep` tokens (keep < 0: all).
@@ -193,47 +146,16 @@ Tensor concat_seq(const Tensor& a, const Tensor& b, std::int64_t keep) {
 }
 
 
+// One layer of a generation pass (layer::layer_forward, nothing kept for a backward): x [B,S,H] is
+// replaced by the layer's output; returns the layer's own K/V [B,S,nkv,hd] for the cache.
 struct AttnIO {
-  Tensor k, v;  // this pass's own K/V [B, S, nkv, hd]
+  Tensor k, v;
 };
-
-// One transformer layer over x [B, S, H] (modified in place). The attention keys are
-// [cache_k ; own k] with the mask of `opts`; returns the own K/V.
-AttnIO layer_forward(const ModelConfig& c, int li, const LayerWeights& l, Tensor& x, const RopeTables& rt,
-                     const Tensor& cache_k, const Tensor& cache_v, const AttnOpts& opts, float scalar) {
-  const LayerSpec& s = c.layer(li);
-  const std::int64_t B = x.size(0), S = x.size(1), H = c.hidden_size, T = B * S;
-  const std::int64_t nh = c.num_heads, nkv = s.num_kv_heads, hd = s.head_dim;
-  const float eps = static_cast<float>(c.rms_norm_eps);
-  Tensor xt = x.reshape({T, H});
-
-  Tensor a_in = norm(xt, &l.input_layernorm, eps);
-  Tensor q = linear(a_in, l.q_proj).reshape({T, nh, hd});
-  Tensor kraw = linear(a_in, l.k_proj).reshape({T, nkv, hd});
-  Tensor vraw = s.has_v_proj ? linear(a_in, l.v_proj).reshape({T, nkv, hd}) : kraw;
-  q = norm(q, &l.q_norm, eps);
-  rope(q, rt.cos, rt.sin, q);
-  Tensor k = norm(kraw, &l.k_norm, eps);
-  rope(k, rt.cos, rt.sin, k);
-  Tensor v = norm(vraw, nullptr, eps);
-
-  AttnIO io{k.reshape({B, S, nkv, hd}), v.reshape({B, S, nkv, hd})};
-  Tensor o = f32({B, S, nh, hd});
-  Tensor no_lse;
-  attention(q.reshape({B, S, nh, hd}), io.k, io.v, cache_k, cache_v, opts, o, no_lse);
-  Tensor a = norm(linear(o.reshape({T, nh * hd}), l.o_proj), &l.post_attention_layernorm, eps);
-  Tensor r = xt.clone();
-  add_(r, a);
-
-  Tensor m1 = norm(mlp(norm(r, &l.pre_feedforward_layernorm, eps), l.mlp_gate_up, l.mlp_down),
-                   &l.post_feedforward_layernorm_1, eps);
-  Tensor m2 = norm(moe(c, l, r, norm(r, &l.pre_feedforward_layernorm_2, eps)), &l.post_feedforward_layernorm_2, eps);
-  add_(m1, m2);
-  Tensor f = norm(m1, &l.post_feedforward_layernorm, eps);
-  add_(r, f);
-  scale_(r, scalar);
-  xt.copy_from(r);
-  return io;
+AttnIO run_layer(const ModelConfig& c, int li, const LayerWeights& l, Tensor& x, const RopeTables& rt,
+                 const Tensor& cache_k, const Tensor& cache_v, const AttnOpts& opts, float scalar) {
+  layer::LayerSaved scratch;
+  layer::layer_forward(c, li, l, x, rt, cache_k, cache_v, opts, Tensor(), scalar, scratch);
+  return {scratch.k, scratch.v};
 }
 
 Tensor positions_for(std::int64_t B, std::int64_t S, const KVCache& cache) {
@@ -315,7 +237,7 @@ EncodeOut encode(const ModelConfig& c, const ModelWeights& w, const Tensor& ids,
     opts.mask = {AttnMaskKind::Causal, s.window, 0};
     const bool has_cache = kv.k.defined() && kv.k.numel() > 0;
     opts.key_valid = keys_valid(has_cache ? kv.valid : Tensor::empty({B, 0}, DType::I32), own_valid);
-    const AttnIO io = layer_forward(c, i, w.layers[static_cast<std::size_t>(i)], x, rt, has_cache ? kv.k : Tensor(),
+    const AttnIO io = run_layer(c, i, w.layers[static_cast<std::size_t>(i)], x, rt, has_cache ? kv.k : Tensor(),
                                     has_cache ? kv.v : Tensor(), opts,
                                     w.layers[static_cast<std::size_t>(i)].encoder_layer_scalar.data<float>()[0]);
     const std::int64_t keep = s.window > 0 ? s.window - 1 : -1;  // sliding layers keep the last W-1 tokens
@@ -357,7 +279,7 @@ Tensor decode_soft(const ModelConfig& c, const ModelWeights& w, const Tensor& ca
   if (sc_soft.defined() && sc_soft.numel() > 0) {
     DG_CHECK(sc_soft.shape() == (Shape{B, C, H}), "decode: soft embedding {} should be [{}, {}, {}]",
              sc_soft.describe(), B, C, H);
-    add_(e, mlp(norm(sc_soft.reshape({T, H}), &w.sc_pre_norm, eps), w.sc_gate_up, w.sc_down));
+    layer::add_(e, layer::mlp(norm(sc_soft.reshape({T, H}), &w.sc_pre_norm, eps), w.sc_gate_up, w.sc_down));
   }
   Tensor x = norm(e, nullptr, eps).reshape({B, C, H});
 
@@ -372,7 +294,7 @@ Tensor decode_soft(const ModelConfig& c, const ModelWeights& w, const Tensor& ca
     AttnOpts opts;
     opts.mask = {AttnMaskKind::Generation, s.window, 0};
     opts.key_valid = keys_valid(kv.valid, canvas_valid);
-    layer_forward(c, i, w.layers[static_cast<std::size_t>(i)], x, rt, kv.k, kv.v, opts,
+    run_layer(c, i, w.layers[static_cast<std::size_t>(i)], x, rt, kv.k, kv.v, opts,
                   w.layers[static_cast<std::size_t>(i)].layer_scalar.data<float>()[0]);
   }
   return norm(x.reshape({T, H}), &w.norm, eps).reshape({B, C, H});

@@ -7,14 +7,13 @@
 #include <cmath>
 
 #include "layers/ops.h"
-#include "layers/train_layer.h"
+#include "layers/layer.h"
 
 namespace dg {
 
-using train::add_;
-using train::f32;
-using train::LayerSaved;
-using train::RopeTables;
+using layer::add_;
+using layer::f32;
+using layer::LayerSaved;
 
 ModelGrads allocate_grads(const ModelConfig& c) { return allocate_model(c); }  // zero-filled
 
@@ -111,7 +110,7 @@ void run_layers(const ModelConfig& c, const ModelWeights& w, Tensor& x, Pass& pa
       ev = encoder->layers[u].v;
     }
     if (par.params != nullptr) par.params->forward_begin(i);
-    train::layer_forward(c, i, l, x, pass.rope(c.layer(i)), ek, ev, pass.opts[u], pass.token_mask,
+    layer::layer_forward(c, i, l, x, pass.rope(c.layer(i)), ek, ev, pass.opts[u], pass.token_mask,
                          (decoder ? l.layer_scalar : l.encoder_layer_scalar).data<float>()[0], pass.layers[u],
                          par.experts);
     if (par.params != nullptr) par.params->forward_end(i);
@@ -141,7 +140,7 @@ Pass encode_pass(const ModelConfig& c, const ModelWeights& w, const SftBatch& b,
   for (int i = 0; i < c.num_layers; ++i) {
     const LayerSpec& s = c.layer(i);
     RopeTables& rt = s.type == LayerType::Full ? p.rope_full : p.rope_sliding;
-    if (!rt.cos.defined() || rt.cos.numel() == 0) rt = train::rope_tables(s, pos);
+    if (!rt.cos.defined() || rt.cos.numel() == 0) rt = rope_tables(s, pos);
     AttnOpts o;
     o.mask = {AttnMaskKind::Causal, s.window, 0};
     o.key_valid = valid;
@@ -176,7 +175,7 @@ Pass decode_pass(const ModelConfig& c, const ModelWeights& w, const SftBatch& b,
   for (int i = 0; i < c.num_layers; ++i) {
     const LayerSpec& s = c.layer(i);
     RopeTables& rt = s.type == LayerType::Full ? p.rope_full : p.rope_sliding;
-    if (!rt.cos.defined() || rt.cos.numel() == 0) rt = train::rope_tables(s, pos);
+    if (!rt.cos.defined() || rt.cos.numel() == 0) rt = rope_tables(s, pos);
     AttnOpts o;
     o.mask = {AttnMaskKind::Canvas, s.window, c.canvas_length};
     o.examples = examples;
@@ -192,10 +191,10 @@ Pass decode_pass(const ModelConfig& c, const ModelWeights& w, const SftBatch& b,
     in.n = f32({T, H});
     in.rstd_n = f32({T});
     rms_norm(soft, &w.sc_pre_norm, eps, in.n, in.rstd_n);
-    in.gu = train::linear(in.n, w.sc_gate_up);
+    in.gu = layer::linear(in.n, w.sc_gate_up);
     in.act = f32({T, w.sc_gate_up.size(0) / 2});
     geglu(in.gu, in.act);
-    add_(in.e, train::linear(in.act, w.sc_down));
+    add_(in.e, layer::linear(in.act, w.sc_down));
   }
   in.rstd_e = f32({T});
   Tensor x = f32({p.B, p.L, H});
@@ -219,10 +218,10 @@ void layers_backward(const ModelConfig& c, const ModelWeights& w, ModelGrads& g,
     Tensor d_enc_k = Tensor::zeros(enc.layers[u].k.shape(), DType::F32);
     Tensor d_enc_v = Tensor::zeros(enc.layers[u].v.shape(), DType::F32);
     Tensor none_k, none_v;
-    train::layer_backward(c, i, l, g.layers[u], p2.layers[u], p2.rope(c.layer(i)), enc.layers[u].k, enc.layers[u].v,
+    layer::layer_backward(c, i, l, g.layers[u], p2.layers[u], p2.rope(c.layer(i)), enc.layers[u].k, enc.layers[u].v,
                           p2.opts[u], l.layer_scalar.data<float>()[0], dx2, nullptr, nullptr, d_enc_k, d_enc_v,
                           par.experts);
-    train::layer_backward(c, i, l, g.layers[u], enc.layers[u], enc.rope(c.layer(i)), Tensor(), Tensor(), enc.opts[u],
+    layer::layer_backward(c, i, l, g.layers[u], enc.layers[u], enc.rope(c.layer(i)), Tensor(), Tensor(), enc.opts[u],
                           l.encoder_layer_scalar.data<float>()[0], dxe, &d_enc_k, &d_enc_v, none_k, none_v,
                           par.experts);
     if (par.params != nullptr) par.params->backward_end(i);
@@ -356,9 +355,9 @@ StepLosses run(const ModelConfig& c, const ModelWeights& w, const SftBatch& b, M
     }
     if (in.has_sc) {
       Tensor dact = f32(in.act.shape()), dgu = f32(in.gu.shape()), dn = f32({Td, H}), dsoft = f32({Td, H});
-      train::linear_backward(de, in.act, w.sc_down, dact, g->sc_down);
+      layer::linear_backward(de, in.act, w.sc_down, dact, g->sc_down);
       geglu_backward(dact, in.gu, dgu);
-      train::linear_backward(dgu, in.n, w.sc_gate_up, dn, g->sc_gate_up);
+      layer::linear_backward(dgu, in.n, w.sc_gate_up, dn, g->sc_gate_up);
       rms_norm_backward(dn, in.soft, &w.sc_pre_norm, in.rstd_n, dsoft, &g->sc_pre_norm);
       for (std::int64_t bi = 0; bi < B; ++bi)
         if (b.sc_coin[static_cast<std::size_t>(bi)] == 0)

@@ -6,7 +6,7 @@
 // Every rank makes T tokens; the token with global id g = world_rank·T + t gets its activations, routing
 // (top-k distinct expert ids), routing weights and output gradient from a counter-based hash of g, so any
 // rank can recompute any other rank's tokens. Every rank holds the full random expert weights and uses
-// the rows of its E/ep experts. The chain (as layers/train_layer.cpp experts_forward/backward runs it):
+// the rows of its E/ep experts. The chain (as layers/layer.cpp experts_forward/backward runs it):
 //   moe_permute_plan, moe_gather, route, to_owners, grouped_gemm, geglu, grouped_gemm, to_sources,
 //   moe_combine;  moe_combine_backward, to_owners(dy), grouped_gemm_backward, geglu_backward,
 //   grouped_gemm_backward, to_sources(dx), moe_gather_backward

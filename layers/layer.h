@@ -1,7 +1,8 @@
-// One transformer layer of the training path, forward and backward side by side (spec/training.md §1.3,
-// §6.1, §8.1; model.md §3). Internal to layers/train.cpp. The forward mirrors layer_forward of
-// layers/model.cpp operation for operation (tests/test_train_grad.cpp checks that both give the same
-// losses) and returns, in LayerSaved, everything its backward needs; the backward recomputes nothing.
+// One transformer layer, forward and backward side by side (spec/training.md §1.3, §6.1, §8.1; model.md
+// §3). The one implementation of the layer: generation's encode/decode (layers/model.cpp) and the SFT step
+// (layers/train.cpp) both run layer_forward. It fills LayerSaved with everything the backward needs;
+// generation passes a scratch LayerSaved that is dropped after the layer (it keeps only the layer's own
+// K/V, saved.k and saved.v, for its cache). The backward recomputes nothing.
 #pragma once
 #include <cstdint>
 
@@ -9,7 +10,7 @@
 #include "layers/ops.h"
 #include "layers/sharding.h"
 
-namespace dg::train {
+namespace dg::layer {
 
 using dg::RopeTables;  // layers/model.h
 using dg::rope_tables;
@@ -34,7 +35,7 @@ struct LayerSaved {
 
 // x [B,S,H] is replaced by the layer's output. enc_k / enc_v: the cached (encoder) K/V the queries
 // also attend ([B,Tc,nkv,hd]; undefined for the encoder pass). token_mask: i32 [B·S] (0 = padding,
-// dropped before the experts). scalar: layer_scalar or encoder_layer_scalar. experts: the token
+// dropped before the experts; undefined: every token goes to the experts, as generation does). scalar: layer_scalar or encoder_layer_scalar. experts: the token
 // exchange of expert parallelism (null: all experts local; l.experts_* then hold all E experts, else
 // the E_local experts of this rank).
 void layer_forward(const ModelConfig& c, int li, const LayerWeights& l, Tensor& x, const RopeTables& rt,
@@ -50,12 +51,14 @@ void layer_backward(const ModelConfig& c, int li, const LayerWeights& l, LayerWe
                     Tensor& dx, const Tensor* extra_dk, const Tensor* extra_dv, Tensor& d_enc_k, Tensor& d_enc_v,
                     ExpertExchange* experts = nullptr);
 
-// Small helpers shared with train.cpp.
+// Small helpers shared with train.cpp and model.cpp.
 Tensor f32(Shape s);
 Tensor linear(const Tensor& x, const Tensor& weight);  // [T,in] · [out,in]ᵀ
+Tensor norm(const Tensor& x, const Tensor* weight, float eps, Tensor& rstd);  // y = rms(x; weight), saving rstd
+Tensor mlp(const Tensor& x, const Tensor& gate_up, const Tensor& down);      // GEGLU MLP, fused [2F, H] gate|up
 // dx (=, or += when accumulate_dx) = dy · W; dW += dyᵀ · x.
 void linear_backward(const Tensor& dy, const Tensor& x, const Tensor& weight, Tensor& dx, Tensor& dweight,
                      bool accumulate_dx = false);
 void add_(Tensor& a, const Tensor& b);
 
-}  // namespace dg::train
+}  // namespace dg::layer

@@ -1,8 +1,8 @@
-// One transformer layer of the SFT training path: forward saving its activations, and the hand-written
-// backward beside it (spec/training.md §1.3, §6.1, §8.1). See layers/train_layer.h.
-#include "layers/train_layer.h"
+// One transformer layer: forward saving its activations, and the hand-written backward beside it
+// (spec/training.md §1.3, §6.1, §8.1). See layers/layer.h.
+#include "layers/layer.h"
 
-namespace dg::train {
+namespace dg::layer {
 
 Tensor f32(Shape s) { return Tensor::empty(std::move(s), DType::F32); }
 
@@ -26,16 +26,24 @@ void add_(Tensor& a, const Tensor& b) {
 }
 
 namespace {
-
 Shape rows_of(const Tensor& x) { return Shape(x.shape().begin(), x.shape().end() - 1); }
+}  // namespace
 
-// y = rms(x; weight), saving rstd.
 Tensor norm(const Tensor& x, const Tensor* weight, float eps, Tensor& rstd) {
   Tensor y = f32(x.shape());
   rstd = f32(rows_of(x));
   rms_norm(x, weight, eps, y, rstd);
   return y;
 }
+
+Tensor mlp(const Tensor& x, const Tensor& gate_up, const Tensor& down) {
+  Tensor gu = linear(x, gate_up);
+  Tensor act = f32({x.size(0), gate_up.size(0) / 2});
+  geglu(gu, act);
+  return linear(act, down);
+}
+
+namespace {
 
 // dx of a norm (written to a new tensor); dweight accumulated when given.
 Tensor norm_backward(const Tensor& dy, const Tensor& x, const Tensor* weight, const Tensor& rstd, Tensor* dweight) {
@@ -232,4 +240,4 @@ void layer_backward(const ModelConfig& c, int li, const LayerWeights& l, LayerWe
   dx.reshape({T, H}).copy_from(dxin);
 }
 
-}  // namespace dg::train
+}  // namespace dg::layer
