@@ -323,6 +323,7 @@ int sft_run(JobContext& ctx) {
   } else {
     model.load(initial_weights(run, seed));
   }
+  run.hf.reset();  // unmap the input model: its pages would otherwise stay in every rank's memory
   log::info("sft: this rank holds {} of the model's parameters at rest ({:.1f} MB of fp32 masters, moments and gradients)",
             held, static_cast<double>(held) * 16.0 / 1e6);
   if (world.rank() == 0) {
@@ -370,6 +371,7 @@ int sft_run(JobContext& ctx) {
 
     model.zero_grad();
     StepLosses total;
+    reset_host_reads();
     for (int m = 0; m < shape.accumulation; ++m) {
       const SftMicroBatch& mb = mbs[static_cast<std::size_t>(m)];
       const NoisedCanvas& nz = noised[static_cast<std::size_t>(m)];
@@ -388,7 +390,11 @@ int sft_run(JobContext& ctx) {
       b.n_diff = std::max<double>(1.0, static_cast<double>(counts[0]));
       b.n_ar = std::max<double>(1.0, static_cast<double>(counts[1]));
       if (!dump_dir.empty()) dump_batch(dump_dir, step, m, world.rank(), b, nz, learning_rate(sched, step));
-      const StepLosses l = sft_forward_backward(c, model.weights(), b, model.grads(), lscale, par);
+      StepLosses l;
+      {
+        ModelPathScope in_step;  // strict-device mode: from here on the model's tensors are "on the device"
+        l = sft_forward_backward(c, model.weights(), to_model_device(b), model.grads(), lscale, par);
+      }
       total.diffusion += l.diffusion;
       total.ar += l.ar;
       total.total += l.total;
@@ -398,6 +404,7 @@ int sft_run(JobContext& ctx) {
     const double lr = learning_rate(sched, step);
     // The gradients are in the owners' slices already (reduce-scattered during the backward).
     StepStats st;
+    ModelPathScope in_update;
     st.grad_norm = global_grad_norm(world, model);
     if (!std::isfinite(st.grad_norm))
       fail("sft: step {}: the gradient norm is {} (a NaN or Inf in the loss or the gradients); the weights were not "
@@ -409,9 +416,13 @@ int sft_run(JobContext& ctx) {
       std::vector<AdamWSlice> slices;
       for (const OwnedSlice& o : unit->owned())
         if (o.trainable)
-          slices.push_back({o.master.data<float>(), o.exp_avg.data<float>(), o.exp_avg_sq.data<float>(),
-                            o.grad.data<float>(), o.end - o.begin, true});
+          slices.push_back({o.master, o.exp_avg, o.exp_avg_sq, o.grad, true});
       adamw_update(slices, adam, lr, st.clip_coef, optimizer_steps);
+    }
+    if (strict_device_mode() && step == 0 && world.rank() == 0) {
+      std::string reads;
+      for (const auto& [name, n] : host_reads()) reads += fmt::format(" {}={}", name, n);
+      log::info("sft: strict-device mode: host reads in step 1:{}", reads);
     }
     ++step;
     ++steps_this_run;

@@ -18,12 +18,6 @@ void linear_backward(const Tensor& dy, const Tensor& x, const Tensor& weight, Te
   gemm(dy, x, dweight, {.trans_a = true, .beta = 1.0f});
 }
 
-void add_(Tensor& a, const Tensor& b) {
-  DG_CHECK(a.numel() == b.numel(), "add_ {} += {}", a.describe(), b.describe());
-  float* pa = a.data<float>();
-  const float* pb = b.data<float>();
-  for (std::int64_t i = 0; i < a.numel(); ++i) pa[i] += pb[i];
-}
 
 namespace {
 Shape rows_of(const Tensor& x) { return Shape(x.shape().begin(), x.shape().end() - 1); }
@@ -103,7 +97,7 @@ void experts_backward(const LayerWeights& l, LayerWeights& g, const LayerSaved& 
 
 void layer_forward(const ModelConfig& c, int li, const LayerWeights& l, Tensor& x, const RopeTables& rt,
                    const Tensor& enc_k, const Tensor& enc_v, const AttnOpts& opts, const Tensor& token_mask,
-                   float scalar, LayerSaved& s, ExpertExchange* experts) {
+                   const Tensor& scalar, LayerSaved& s, ExpertExchange* experts) {
   const LayerSpec& spec = c.layer(li);
   const std::int64_t B = x.size(0), S = x.size(1), H = c.hidden_size, T = B * S;
   const std::int64_t nh = c.num_heads, nkv = spec.num_kv_heads, hd = spec.head_dim;
@@ -162,13 +156,12 @@ void layer_forward(const ModelConfig& c, int li, const LayerWeights& l, Tensor& 
   add_(s.s, m2);
   Tensor out = norm(s.s, &l.post_feedforward_layernorm, eps, s.rstd_s);
   add_(out, s.r);
-  float* po = out.data<float>();
-  for (std::int64_t i = 0; i < out.numel(); ++i) po[i] *= scalar;
+  scale_by_(out, scalar);
   x.reshape({T, H}).copy_from(out);
 }
 
 void layer_backward(const ModelConfig& c, int li, const LayerWeights& l, LayerWeights& g, const LayerSaved& s,
-                    const RopeTables& rt, const Tensor& enc_k, const Tensor& enc_v, const AttnOpts& opts, float scalar,
+                    const RopeTables& rt, const Tensor& enc_k, const Tensor& enc_v, const AttnOpts& opts, const Tensor& scalar,
                     Tensor& dx, const Tensor* extra_dk, const Tensor* extra_dv, Tensor& d_enc_k, Tensor& d_enc_v,
                     ExpertExchange* experts) {
   const LayerSpec& spec = c.layer(li);
@@ -178,8 +171,7 @@ void layer_backward(const ModelConfig& c, int li, const LayerWeights& l, LayerWe
 
   // out = (r + f) · scalar, f = rms(s; post_feedforward_layernorm)
   Tensor dr = dx.reshape({T, H}).clone();
-  float* pdr = dr.data<float>();
-  for (std::int64_t i = 0; i < dr.numel(); ++i) pdr[i] *= scalar;
+  scale_by_(dr, scalar);
   const Tensor ds = norm_backward(dr, s.s, &l.post_feedforward_layernorm, s.rstd_s, &g.post_feedforward_layernorm);
 
   // Dense branch.

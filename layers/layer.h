@@ -35,19 +35,20 @@ struct LayerSaved {
 
 // x [B,S,H] is replaced by the layer's output. enc_k / enc_v: the cached (encoder) K/V the queries
 // also attend ([B,Tc,nkv,hd]; undefined for the encoder pass). token_mask: i32 [B·S] (0 = padding,
-// dropped before the experts; undefined: every token goes to the experts, as generation does). scalar: layer_scalar or encoder_layer_scalar. experts: the token
+// dropped before the experts; undefined: every token goes to the experts, as generation does). scalar:
+// layer_scalar or encoder_layer_scalar (f32 [1], read on the device). experts: the token
 // exchange of expert parallelism (null: all experts local; l.experts_* then hold all E experts, else
 // the E_local experts of this rank).
 void layer_forward(const ModelConfig& c, int li, const LayerWeights& l, Tensor& x, const RopeTables& rt,
                    const Tensor& enc_k, const Tensor& enc_v, const AttnOpts& opts, const Tensor& token_mask,
-                   float scalar, LayerSaved& saved, ExpertExchange* experts = nullptr);
+                   const Tensor& scalar, LayerSaved& saved, ExpertExchange* experts = nullptr);
 
 // dx: d(layer output) [B,S,H] in, d(layer input) out. extra_dk / extra_dv (may be null): gradients of the
 // layer's own K/V from later passes (the decoder's reads of the encoder K/V), added to its own
 // attention's. d_enc_k / d_enc_v ([B,Tc,nkv,hd]): accumulated (+=) gradients of the cached K/V.
 // Parameter gradients accumulate into g; the router's parameters and the scalars get none (frozen).
 void layer_backward(const ModelConfig& c, int li, const LayerWeights& l, LayerWeights& g, const LayerSaved& s,
-                    const RopeTables& rt, const Tensor& enc_k, const Tensor& enc_v, const AttnOpts& opts, float scalar,
+                    const RopeTables& rt, const Tensor& enc_k, const Tensor& enc_v, const AttnOpts& opts, const Tensor& scalar,
                     Tensor& dx, const Tensor* extra_dk, const Tensor* extra_dv, Tensor& d_enc_k, Tensor& d_enc_v,
                     ExpertExchange* experts = nullptr);
 
@@ -59,6 +60,5 @@ Tensor mlp(const Tensor& x, const Tensor& gate_up, const Tensor& down);      // 
 // dx (=, or += when accumulate_dx) = dy · W; dW += dyᵀ · x.
 void linear_backward(const Tensor& dy, const Tensor& x, const Tensor& weight, Tensor& dx, Tensor& dweight,
                      bool accumulate_dx = false);
-void add_(Tensor& a, const Tensor& b);
 
 }  // namespace dg::layer

@@ -152,7 +152,7 @@ struct AttnIO {
   Tensor k, v;
 };
 AttnIO run_layer(const ModelConfig& c, int li, const LayerWeights& l, Tensor& x, const RopeTables& rt,
-                 const Tensor& cache_k, const Tensor& cache_v, const AttnOpts& opts, float scalar) {
+                 const Tensor& cache_k, const Tensor& cache_v, const AttnOpts& opts, const Tensor& scalar) {
   layer::LayerSaved scratch;
   layer::layer_forward(c, li, l, x, rt, cache_k, cache_v, opts, Tensor(), scalar, scratch);
   return {scratch.k, scratch.v};
@@ -239,7 +239,7 @@ EncodeOut encode(const ModelConfig& c, const ModelWeights& w, const Tensor& ids,
     opts.key_valid = keys_valid(has_cache ? kv.valid : Tensor::empty({B, 0}, DType::I32), own_valid);
     const AttnIO io = run_layer(c, i, w.layers[static_cast<std::size_t>(i)], x, rt, has_cache ? kv.k : Tensor(),
                                     has_cache ? kv.v : Tensor(), opts,
-                                    w.layers[static_cast<std::size_t>(i)].encoder_layer_scalar.data<float>()[0]);
+                                    w.layers[static_cast<std::size_t>(i)].encoder_layer_scalar);
     const std::int64_t keep = s.window > 0 ? s.window - 1 : -1;  // sliding layers keep the last W-1 tokens
     kv.k = concat_seq(has_cache ? kv.k : Tensor(), io.k, keep);
     kv.v = concat_seq(has_cache ? kv.v : Tensor(), io.v, keep);
@@ -279,7 +279,7 @@ Tensor decode_soft(const ModelConfig& c, const ModelWeights& w, const Tensor& ca
   if (sc_soft.defined() && sc_soft.numel() > 0) {
     DG_CHECK(sc_soft.shape() == (Shape{B, C, H}), "decode: soft embedding {} should be [{}, {}, {}]",
              sc_soft.describe(), B, C, H);
-    layer::add_(e, layer::mlp(norm(sc_soft.reshape({T, H}), &w.sc_pre_norm, eps), w.sc_gate_up, w.sc_down));
+    add_(e, layer::mlp(norm(sc_soft.reshape({T, H}), &w.sc_pre_norm, eps), w.sc_gate_up, w.sc_down));
   }
   Tensor x = norm(e, nullptr, eps).reshape({B, C, H});
 
@@ -295,7 +295,7 @@ Tensor decode_soft(const ModelConfig& c, const ModelWeights& w, const Tensor& ca
     opts.mask = {AttnMaskKind::Generation, s.window, 0};
     opts.key_valid = keys_valid(kv.valid, canvas_valid);
     run_layer(c, i, w.layers[static_cast<std::size_t>(i)], x, rt, kv.k, kv.v, opts,
-                  w.layers[static_cast<std::size_t>(i)].layer_scalar.data<float>()[0]);
+                  w.layers[static_cast<std::size_t>(i)].layer_scalar);
   }
   return norm(x.reshape({T, H}), &w.norm, eps).reshape({B, C, H});
 }

@@ -76,3 +76,4 @@ void convert(const Tensor& src, Tensor& dst);
 #include "layers/ops/embedding.h"
 #include "layers/ops/moe.h"
 #include "layers/ops/head.h"
+#include "layers/ops/elementwise.h"

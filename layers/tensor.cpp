@@ -2,7 +2,9 @@
 
 #include "layers/ops.h"
 
+#include <cstdio>
 #include <cstdlib>
+#include <string_view>
 #include <cstring>
 #include <fmt/ranges.h>
 
@@ -14,6 +16,57 @@ std::int64_t shape_numel(const Shape& s) {
   std::int64_t n = 1;
   for (auto d : s) n *= d;
   return n;
+}
+
+// ---- strict-device mode ----------------------------------------------------------------------------
+
+namespace {
+int strict_state = -1;  // -1: not decided yet (environment)
+thread_local int model_path_depth = 0;
+std::map<std::string, std::int64_t>& reads() {
+  static std::map<std::string, std::int64_t> r;
+  return r;
+}
+}  // namespace
+
+bool strict_device_mode() {
+  if (strict_state < 0) {
+    const char* e = std::getenv("DGEMMA_STRICT_DEVICE");
+    strict_state = e != nullptr && std::string(e) == "1" ? 1 : 0;
+  }
+  return strict_state == 1;
+}
+void set_strict_device_mode(bool on) { strict_state = on ? 1 : 0; }
+bool in_model_path() { return model_path_depth > 0; }
+ModelPathScope::ModelPathScope() { ++model_path_depth; }
+ModelPathScope::~ModelPathScope() { --model_path_depth; }
+const std::map<std::string, std::int64_t>& host_reads() { return reads(); }
+void reset_host_reads() { reads().clear(); }
+void note_host_read(const char* name) {
+  if (in_model_path()) ++reads()[name];
+}
+
+bool is_op_implementation(const char* file) {
+  const std::string_view f(file);
+  return f.find("/layers/cpu/") != std::string_view::npos || f.find("/layers/cuda/") != std::string_view::npos ||
+         f.ends_with("/layers/tensor.cpp") || f.ends_with("/layers/gemm.cpp");
+}
+
+void strict_device_violation(const Tensor& t, const std::source_location& where) {
+  std::fprintf(stderr,
+               "dgemma: strict-device mode: host access to device-resident tensor %s at %s:%u (%s), outside an op "
+               "implementation\n",
+               t.describe().c_str(), where.file_name(), static_cast<unsigned>(where.line()), where.function_name());
+  std::fflush(stderr);
+  std::abort();
+}
+
+Tensor read_to_host(const Tensor& t, const char* name) {
+  note_host_read(name);
+  Tensor out = Tensor::empty(t.shape(), t.dtype(), Device::CPU);
+  out.resident_ = false;
+  copy_bytes(out.raw(), Device::CPU, t.raw(), t.device(), t.nbytes());
+  return out;
 }
 
 static void check_shape(const Shape& s) {
@@ -36,12 +89,19 @@ Tensor Tensor::empty(Shape shape, DType dtype, Device device) {
     t.storage_ = std::shared_ptr<void>(cuda_malloc(bytes), [](void* q) { cuda_free(q); });
   }
   t.data_ = t.storage_.get();
+  t.resident_ = strict_device_mode() && in_model_path();
   return t;
 }
 
 Tensor Tensor::zeros(Shape shape, DType dtype, Device device) {
   Tensor t = empty(std::move(shape), dtype, device);
   t.zero_();
+  return t;
+}
+
+Tensor Tensor::host_empty(Shape shape, DType dtype) {
+  Tensor t = empty(std::move(shape), dtype, Device::CPU);
+  t.resident_ = false;
   return t;
 }
 
@@ -106,6 +166,16 @@ Tensor Tensor::rows(std::int64_t begin, std::int64_t end) const {
   const std::int64_t row = shape_[0] ? numel() / shape_[0] : 0;
   t.data_ = static_cast<char*>(data_) + static_cast<std::size_t>(begin * row) * dtype_size(dtype_);
   t.shape_[0] = end - begin;
+  return t;
+}
+
+Tensor Tensor::view_flat(std::int64_t offset, Shape shape) const {
+  check_shape(shape);
+  DG_CHECK(offset >= 0 && offset + shape_numel(shape) <= numel(), "view_flat [{}, +{}) of {}", offset,
+           shape_numel(shape), describe());
+  Tensor t = *this;
+  t.data_ = static_cast<char*>(data_) + static_cast<std::size_t>(offset) * dtype_size(dtype_);
+  t.shape_ = std::move(shape);
   return t;
 }
 

@@ -11,7 +11,6 @@
 
 namespace dg {
 
-using layer::add_;
 using layer::f32;
 using layer::LayerSaved;
 
@@ -19,6 +18,14 @@ ModelGrads allocate_grads(const ModelConfig& c) { return allocate_model(c); }  /
 
 void zero_grads(const ModelConfig& c, ModelGrads& g) {
   for (NamedTensor& t : model_tensors(c, g)) t.tensor.zero_();
+}
+
+SftBatch to_model_device(const SftBatch& b) {
+  SftBatch d = b;
+  for (Tensor* t : {&d.clean, &d.clean_valid, &d.canvas, &d.diff_targets, &d.diff_mask, &d.ar_targets, &d.ar_mask,
+                    &d.sc_logits})
+    if (t->defined() && t->numel() > 0) *t = t->clone();
+  return d;
 }
 
 void sft_ar_targets(const Tensor& clean, const Tensor& valid, Tensor& ar_targets, Tensor& ar_mask) {
@@ -90,10 +97,19 @@ void check_batch(const ModelConfig& c, const SftBatch& b) {
   (void)c;
 }
 
-double mask_sum(const Tensor& m) {
-  double s = 0;
-  for (std::int64_t i = 0; i < m.numel(); ++i) s += m.data<float>()[i];
-  return s;
+// A host-built i32 tensor (positions, masks: functions of the shapes and the host-side batch layout)
+// moved to where the model's tensors live; in strict-device mode the copy is device-resident.
+Tensor upload_i32(const std::vector<std::int32_t>& v, Shape shape) {
+  Tensor h = Tensor::host_empty(std::move(shape), DType::I32);
+  std::copy(v.begin(), v.end(), h.data<std::int32_t>());
+  return h.clone();
+}
+
+// f32 [B] row factors: 1 for examples whose self-conditioning coin is set, 0 otherwise.
+Tensor coin_rows(const std::vector<std::uint8_t>& coin) {
+  Tensor h = Tensor::host_empty({static_cast<std::int64_t>(coin.size())}, DType::F32);
+  for (std::size_t i = 0; i < coin.size(); ++i) h.data<float>()[i] = coin[i] != 0 ? 1.0f : 0.0f;
+  return h.clone();
 }
 
 // Runs every layer over x [B,L,H] (keys [enc K/V ; own]) and the final norm; fills pass.layers.
@@ -111,7 +127,7 @@ void run_layers(const ModelConfig& c, const ModelWeights& w, Tensor& x, Pass& pa
     }
     if (par.params != nullptr) par.params->forward_begin(i);
     layer::layer_forward(c, i, l, x, pass.rope(c.layer(i)), ek, ev, pass.opts[u], pass.token_mask,
-                         (decoder ? l.layer_scalar : l.encoder_layer_scalar).data<float>()[0], pass.layers[u],
+                         decoder ? l.layer_scalar : l.encoder_layer_scalar, pass.layers[u],
                          par.experts);
     if (par.params != nullptr) par.params->forward_end(i);
   }
@@ -128,15 +144,13 @@ Pass encode_pass(const ModelConfig& c, const ModelWeights& w, const SftBatch& b,
   p.L = b.clean.size(1);
   const std::int64_t T = p.B * p.L, H = c.hidden_size;
   Tensor valid = b.clean_valid;
-  if (!valid.defined() || valid.numel() == 0) {
-    valid = Tensor::empty({p.B, p.L}, DType::I32);
-    for (std::int64_t i = 0; i < T; ++i) valid.data<std::int32_t>()[i] = 1;
-  }
+  if (!valid.defined() || valid.numel() == 0) valid = upload_i32(std::vector<std::int32_t>(static_cast<std::size_t>(T), 1), {p.B, p.L});
   DG_CHECK(valid.shape() == b.clean.shape() && valid.dtype() == DType::I32, "SftBatch.clean_valid {} vs clean {}",
            valid.describe(), b.clean.describe());
   p.token_mask = valid.reshape({T});
-  Tensor pos = Tensor::empty({T}, DType::I32);
-  for (std::int64_t i = 0; i < T; ++i) pos.data<std::int32_t>()[i] = static_cast<std::int32_t>(i % p.L);
+  std::vector<std::int32_t> positions(static_cast<std::size_t>(T));
+  for (std::int64_t i = 0; i < T; ++i) positions[static_cast<std::size_t>(i)] = static_cast<std::int32_t>(i % p.L);
+  const Tensor pos = upload_i32(positions, {T});
   for (int i = 0; i < c.num_layers; ++i) {
     const LayerSpec& s = c.layer(i);
     RopeTables& rt = s.type == LayerType::Full ? p.rope_full : p.rope_sliding;
@@ -161,17 +175,19 @@ Pass decode_pass(const ModelConfig& c, const ModelWeights& w, const SftBatch& b,
   p.L = b.canvas.size(1);
   const std::int64_t T = p.B * p.L, H = c.hidden_size, S = b.clean.size(1);
   const float eps = static_cast<float>(c.rms_norm_eps);
-  p.token_mask = Tensor::empty({T}, DType::I32);
-  Tensor pos = Tensor::empty({T}, DType::I32);
+  std::vector<std::int32_t> positions(static_cast<std::size_t>(T)), mask(static_cast<std::size_t>(T));
   std::vector<AttnExample> examples;
   for (std::int64_t bi = 0; bi < p.B; ++bi) {
     const auto u = static_cast<std::size_t>(bi);
     examples.push_back({b.prompt_len[u], b.canvas_len[u]});
     for (std::int64_t j = 0; j < p.L; ++j) {
-      pos.data<std::int32_t>()[bi * p.L + j] = static_cast<std::int32_t>(std::min(b.prompt_len[u] + j, S - 1));
-      p.token_mask.data<std::int32_t>()[bi * p.L + j] = j < b.canvas_len[u] ? 1 : 0;
+      const auto at = static_cast<std::size_t>(bi * p.L + j);
+      positions[at] = static_cast<std::int32_t>(std::min(b.prompt_len[u] + j, S - 1));
+      mask[at] = j < b.canvas_len[u] ? 1 : 0;
     }
   }
+  const Tensor pos = upload_i32(positions, {T});
+  p.token_mask = upload_i32(mask, {T});
   for (int i = 0; i < c.num_layers; ++i) {
     const LayerSpec& s = c.layer(i);
     RopeTables& rt = s.type == LayerType::Full ? p.rope_full : p.rope_sliding;
@@ -219,10 +235,10 @@ void layers_backward(const ModelConfig& c, const ModelWeights& w, ModelGrads& g,
     Tensor d_enc_v = Tensor::zeros(enc.layers[u].v.shape(), DType::F32);
     Tensor none_k, none_v;
     layer::layer_backward(c, i, l, g.layers[u], p2.layers[u], p2.rope(c.layer(i)), enc.layers[u].k, enc.layers[u].v,
-                          p2.opts[u], l.layer_scalar.data<float>()[0], dx2, nullptr, nullptr, d_enc_k, d_enc_v,
+                          p2.opts[u], l.layer_scalar, dx2, nullptr, nullptr, d_enc_k, d_enc_v,
                           par.experts);
     layer::layer_backward(c, i, l, g.layers[u], enc.layers[u], enc.rope(c.layer(i)), Tensor(), Tensor(), enc.opts[u],
-                          l.encoder_layer_scalar.data<float>()[0], dxe, &d_enc_k, &d_enc_v, none_k, none_v,
+                          l.encoder_layer_scalar, dxe, &d_enc_k, &d_enc_v, none_k, none_v,
                           par.experts);
     if (par.params != nullptr) par.params->backward_end(i);
   }
@@ -252,20 +268,10 @@ void soft_embedding_table_backward(const ModelConfig& c, const Tensor& h, const 
     Tensor pc = f32({T, n});
     gemm(h, table.rows(v0, v0 + n), pc, {.trans_b = true});
     softcap(pc, opts.softcap, pc);
-    float* pp = pc.data<float>();
-    for (std::int64_t t = 0; t < T; ++t)
-      for (std::int64_t j = 0; j < n; ++j) pp[t * n + j] = std::exp(pp[t * n + j] - lse.data<float>()[t]);
+    exp_minus_rows_(pc, lse);
     Tensor dt = d_table.rows(v0, v0 + n);
     gemm(pc, d_soft, dt, {.trans_a = true, .alpha = scale, .beta = 1.0f});
   }
-}
-
-// The reference's embedding has padding_idx = pad_token_id: a lookup of the pad id passes no gradient
-// to its row (the tied LM head still does). d_out rows [T,H] of tokens equal to `pad` are zeroed.
-void drop_pad_rows(const Tensor& ids, int pad, Tensor& d_out) {
-  const std::int64_t T = ids.numel(), H = d_out.size(-1);
-  for (std::int64_t t = 0; t < T; ++t)
-    if (ids.data<std::int32_t>()[t] == pad) std::fill_n(d_out.data<float>() + t * H, H, 0.0f);
 }
 
 StepLosses run(const ModelConfig& c, const ModelWeights& w, const SftBatch& b, ModelGrads* g, const SftLossScale& sc,
@@ -284,7 +290,9 @@ StepLosses run(const ModelConfig& c, const ModelWeights& w, const SftBatch& b, M
   Tensor lse_ar = f32({Te});
   out.ar = lm_head_cross_entropy(enc.hidden, w.embed_tokens, b.ar_targets.reshape({Te}), b.ar_mask.reshape({Te}),
                                  b.n_ar, lse_ar, opts);
-  out.ar_tokens = mask_sum(b.ar_mask);
+  out.ar_tokens = sum_all(b.ar_mask);
+  note_host_read("ar_loss");
+  note_host_read("ar_tokens");
 
   // 2. Decode pass 1 (no grad); its soft embedding, coin-0 rows zeroed. Pass 1 always runs (§5.1)
   //    unless the caller gives the self-conditioning logits.
@@ -307,9 +315,7 @@ StepLosses run(const ModelConfig& c, const ModelWeights& w, const SftBatch& b, M
     } else {
       lm_head_soft_embedding(h1, w.embed_tokens, 1.0f, scale, soft, opts);
     }
-    for (std::int64_t bi = 0; bi < B; ++bi)
-      if (b.sc_coin[static_cast<std::size_t>(bi)] == 0)
-        std::fill_n(soft.data<float>() + bi * R * H, R * H, 0.0f);
+    scale_rows_(soft, coin_rows(b.sc_coin));  // coin-0 examples get no self-conditioning
   }
 
   // 3. Decode pass 2 + diffusion loss.
@@ -318,7 +324,9 @@ StepLosses run(const ModelConfig& c, const ModelWeights& w, const SftBatch& b, M
   Tensor lse_d = f32({Td});
   out.diffusion = lm_head_cross_entropy(p2.hidden, w.embed_tokens, b.diff_targets.reshape({Td}),
                                         b.diff_mask.reshape({Td}), b.n_diff, lse_d, opts);
-  out.diff_tokens = mask_sum(b.diff_mask);
+  out.diff_tokens = sum_all(b.diff_mask);
+  note_host_read("diffusion_loss");
+  note_host_read("diffusion_tokens");
   out.total = out.diffusion + sc.ar_weight * out.ar;
   if (g == nullptr) {
     if (sched != nullptr) sched->forward_end(ParamSchedule::kRootUnit);
@@ -350,7 +358,7 @@ StepLosses run(const ModelConfig& c, const ModelWeights& w, const SftBatch& b, M
     rms_norm_backward(dx0, in.e, nullptr, in.rstd_e, de, nullptr);
     {
       Tensor de_lookup = de.clone();  // the pad rows are dropped for the lookup only, not for the sc MLP
-      drop_pad_rows(b.canvas, c.pad_token_id, de_lookup);
+      zero_rows_where_(de_lookup, b.canvas, c.pad_token_id);  // the reference's padding_idx: no gradient
       embedding_backward(b.canvas.reshape({Td}), de_lookup, scale, g->embed_tokens);
     }
     if (in.has_sc) {
@@ -359,9 +367,7 @@ StepLosses run(const ModelConfig& c, const ModelWeights& w, const SftBatch& b, M
       geglu_backward(dact, in.gu, dgu);
       layer::linear_backward(dgu, in.n, w.sc_gate_up, dn, g->sc_gate_up);
       rms_norm_backward(dn, in.soft, &w.sc_pre_norm, in.rstd_n, dsoft, &g->sc_pre_norm);
-      for (std::int64_t bi = 0; bi < B; ++bi)
-        if (b.sc_coin[static_cast<std::size_t>(bi)] == 0)
-          std::fill_n(dsoft.data<float>() + bi * R * H, R * H, 0.0f);
+      scale_rows_(dsoft, coin_rows(b.sc_coin));
       if (given_sc)
         soft_embedding_backward(dsoft, b.sc_logits.reshape({Td, c.vocab_size}), w.embed_tokens, scale, soft, sc_lse,
                                 nullptr, g->embed_tokens);
@@ -372,7 +378,7 @@ StepLosses run(const ModelConfig& c, const ModelWeights& w, const SftBatch& b, M
   // 7. The clean-token embedding of the encoder.
   {
     Tensor dxt = dxe.reshape({Te, H});
-    drop_pad_rows(b.clean, c.pad_token_id, dxt);
+    zero_rows_where_(dxt, b.clean, c.pad_token_id);
     embedding_backward(b.clean.reshape({Te}), dxt, scale, g->embed_tokens);
   }
   if (sched != nullptr) {

@@ -71,6 +71,10 @@ struct SftBatch {
   double n_diff = 1, n_ar = 1;        // global normalisers N_diff, N_ar (training.md §5.2), >= 1
 };
 
+// The batch's tensors copied to where the model's tensors live (in strict-device mode: device-resident
+// copies, so the step can prove it never reads them on the host). Call it inside the step's scope.
+SftBatch to_model_device(const SftBatch& b);
+
 // The AR targets and mask of training.md §5.2 from the clean ids and their attention mask
 // (valid undefined: all 1).
 void sft_ar_targets(const Tensor& clean, const Tensor& valid, Tensor& ar_targets, Tensor& ar_mask);

@@ -5,6 +5,7 @@
 #include <algorithm>
 
 #include "layers/error.h"
+#include "layers/ops.h"
 
 namespace dg {
 
@@ -34,31 +35,17 @@ double clip_coefficient(double grad_norm, double max_norm) { return std::min(1.0
 
 void adamw_update(std::span<const AdamWSlice> slices, const AdamWOptions& o, double lr, double clip_coef,
                   std::int64_t step) {
-  const auto t = static_cast<double>(step);
-  // Python-float scalars as torch's single-tensor AdamW computes them, cast to fp32 for the element math.
-  const auto decay = static_cast<float>(1.0 - lr * o.weight_decay);
-  const double w1d = 1.0 - o.beta1;  // exp_avg.lerp_(grad, 1 - beta1)
-  const auto w1 = static_cast<float>(w1d), one_minus_w1 = static_cast<float>(1.0 - w1d);
-  const bool lerp_low = std::abs(w1d) < 0.5;
-  const auto b2 = static_cast<float>(o.beta2), w2 = static_cast<float>(1.0 - o.beta2);
-  const double bias_correction1 = 1.0 - std::pow(o.beta1, t);
-  const double bias_correction2 = 1.0 - std::pow(o.beta2, t);
-  const auto step_size = static_cast<float>(lr / bias_correction1);
-  const auto bc2_sqrt = static_cast<float>(std::sqrt(bias_correction2));
-  const auto eps = static_cast<float>(o.eps);
-  const auto clip = static_cast<float>(clip_coef);
   for (const AdamWSlice& s : slices) {
-    float *p = s.param, *m = s.exp_avg, *v = s.exp_avg_sq, *g = s.grad;
-    const bool wd = s.weight_decay && o.weight_decay != 0;
-    for (std::int64_t j = 0; j < s.n; ++j) {
-      const float gj = g[j] * clip;
-      g[j] = gj;
-      if (wd) p[j] *= decay;
-      m[j] = lerp_low ? m[j] + w1 * (gj - m[j]) : gj - (gj - m[j]) * one_minus_w1;
-      v[j] = v[j] * b2 + w2 * gj * gj;
-      const float denom = std::sqrt(v[j]) / bc2_sqrt + eps;
-      p[j] = p[j] - step_size * (m[j] / denom);
-    }
+    AdamWStep a;
+    a.lr = lr;
+    a.beta1 = o.beta1;
+    a.beta2 = o.beta2;
+    a.eps = o.eps;
+    a.weight_decay = s.weight_decay ? o.weight_decay : 0.0;
+    a.step = step;
+    a.clip_coef = clip_coef;
+    Tensor p = s.param, m = s.exp_avg, v = s.exp_avg_sq;
+    adamw_step(p, m, v, s.grad, a);
   }
 }
 

@@ -41,14 +41,10 @@ void validate(const AdamWOptions& o);
 // the per-layer scalars (layer_scalar, encoder_layer_scalar: buffers in the reference).
 bool sft_trainable(const std::string& name);
 
-// One owned slice of one tensor: n elements of the master weights, the two moments and the (reduced)
-// gradient, all f32 host memory.
+// One owned slice of one tensor: the master weights, the two moments and the (reduced) gradient, f32
+// tensors of one element count where the model's state lives (the update is the adamw_step op).
 struct AdamWSlice {
-  float* param = nullptr;
-  float* exp_avg = nullptr;
-  float* exp_avg_sq = nullptr;
-  float* grad = nullptr;
-  std::int64_t n = 0;
+  Tensor param, exp_avg, exp_avg_sq, grad;
   bool weight_decay = true;  // §6.2: true for every tensor in the reference recipe
 };
 

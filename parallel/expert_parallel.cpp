@@ -1,7 +1,7 @@
 // The expert-parallel token exchange (see expert_parallel.h).
 #include "parallel/expert_parallel.h"
 
-#include <cstring>
+#include <algorithm>
 
 #include "layers/error.h"
 
@@ -28,12 +28,12 @@ void reorder(const ExpertRoute& r, std::int64_t El, const Tensor& src, Tensor& d
       expert_start[static_cast<std::size_t>(p * El + e)] = at;
       at += r.recv_by_expert[static_cast<std::size_t>(p * El + e)];
     }
-  const float* s = src.data<float>();
-  float* d = dst.data<float>();
+  (void)H;
   for (std::size_t i = 0; i < source_start.size(); ++i) {
     const std::int64_t from = to_expert_major ? source_start[i] : expert_start[i];
     const std::int64_t to = to_expert_major ? expert_start[i] : source_start[i];
-    std::memcpy(d + to * H, s + from * H, static_cast<std::size_t>(r.recv_by_expert[i] * H) * sizeof(float));
+    const std::int64_t n = r.recv_by_expert[i];
+    if (n > 0) dst.rows(to, to + n).copy_from(src.rows(from, from + n));  // device-to-device on a GPU
   }
 }
 
@@ -47,7 +47,8 @@ ExpertRoute MeshExpertExchange::route(const Tensor& counts) {
            "expert exchange: counts {} should be i32 [{}]", counts.describe(), El * peers);
   ExpertRoute r;
   std::vector<std::int64_t> sent(static_cast<std::size_t>(El * peers));
-  for (std::size_t i = 0; i < sent.size(); ++i) sent[i] = counts.data<std::int32_t>()[i];
+  const Tensor host_counts = read_to_host(counts, "moe_counts");  // the all-to-all sizes live on the host
+  for (std::size_t i = 0; i < sent.size(); ++i) sent[i] = host_counts.data<std::int32_t>()[i];
   r.send_rows.assign(static_cast<std::size_t>(peers), 0);
   for (int p = 0; p < peers; ++p)
     for (std::int64_t e = 0; e < El; ++e) r.send_rows[static_cast<std::size_t>(p)] += sent[static_cast<std::size_t>(p * El + e)];
@@ -56,14 +57,16 @@ ExpertRoute MeshExpertExchange::route(const Tensor& counts) {
   for (int p = 0; p < peers; ++p) displ[static_cast<std::size_t>(p)] = static_cast<std::size_t>(p * El);
   g.all_to_all_v(sent.data(), n.data(), displ.data(), r.recv_by_expert.data(), n.data(), displ.data(), DType::I64);
   r.recv_rows.assign(static_cast<std::size_t>(peers), 0);
-  r.local_counts = Tensor::zeros({El}, DType::I32);
+  Tensor local = Tensor::host_empty({El}, DType::I32);
+  std::fill_n(local.data<std::int32_t>(), El, 0);
   for (int p = 0; p < peers; ++p)
     for (std::int64_t e = 0; e < El; ++e) {
       const std::int64_t k = r.recv_by_expert[static_cast<std::size_t>(p * El + e)];
       r.recv_rows[static_cast<std::size_t>(p)] += k;
-      r.local_counts.data<std::int32_t>()[e] += static_cast<std::int32_t>(k);
+      local.data<std::int32_t>()[e] += static_cast<std::int32_t>(k);
       r.received += k;
     }
+  r.local_counts = local.clone();  // the grouped GEMM reads it where the rows live
   return r;
 }
 

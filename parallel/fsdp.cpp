@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "layers/error.h"
+#include "layers/ops.h"
 
 namespace dg {
 
@@ -40,6 +41,7 @@ FsdpUnit::FsdpUnit(UnitSpec spec, Comm& group, std::int64_t ep, std::int64_t ep_
   exp_avg_ = Tensor::zeros({chunk_}, DType::F32);
   exp_avg_sq_ = Tensor::zeros({chunk_}, DType::F32);
   grad_ = Tensor::zeros({chunk_}, DType::F32);
+  for (Tensor* t : {&master_, &exp_avg_, &exp_avg_sq_, &grad_}) t->mark_device_resident();
 }
 
 std::vector<OwnedSlice> FsdpUnit::owned() const {
@@ -49,7 +51,7 @@ std::vector<OwnedSlice> FsdpUnit::owned() const {
     const std::int64_t b = std::max(lo, m.offset), e = std::min(hi, m.offset + m.numel);
     if (b >= e) continue;
     const std::int64_t n = e - b, at = b - lo;
-    auto view = [&](const Tensor& t) { return Tensor::view_of(t.data<float>() + at, {n}, DType::F32); };
+    auto view = [&](const Tensor& t) { return t.view_flat(at, {n}); };
     out.push_back({m.t.param.name, m.t.param.shape, m.global_begin + b - m.offset, m.global_begin + e - m.offset,
                    m.t.trainable, view(master_), view(exp_avg_), view(exp_avg_sq_), view(grad_)});
   }
@@ -61,19 +63,15 @@ void FsdpUnit::load(const SliceLoader& loader) {
 }
 
 double FsdpUnit::local_grad_sq() const {
-  double sum = 0;
-  for (const OwnedSlice& s : owned()) {
-    if (!s.trainable) continue;
-    const float* g = s.grad.data<float>();
-    for (std::int64_t i = 0; i < s.grad.numel(); ++i) sum += static_cast<double>(g[i]) * static_cast<double>(g[i]);
-  }
-  return sum;
+  // The whole owned slice at once (one host read): frozen tensors' gradients were dropped at the reduce
+  // and the padding stays zero.
+  note_host_read("grad_norm");
+  return sum_squares(grad_);
 }
 
 void FsdpUnit::bind(ModelWeights& w, const Tensor& flat) const {
   for (const Member& m : members_) {
-    float* base = flat.data<float>() + m.offset - m.t.param.slot_offset;
-    m.t.param.slot(w) = Tensor::view_of(base, m.local_slot_shape, DType::F32);
+    m.t.param.slot(w) = flat.view_flat(m.offset - m.t.param.slot_offset, m.local_slot_shape);
   }
 }
 
@@ -123,9 +121,10 @@ void FsdpUnit::reduce_grads_finish() {
   if (!pending_grad_) return;
   pending_grad_->wait();
   pending_grad_.reset();
-  float* acc = grad_.data<float>();
-  const float* p = reduced_.data<float>();
-  for (std::int64_t i = 0; i < chunk_; ++i) acc[i] += p[i];
+  add_(grad_, reduced_);
+  // Frozen tensors take no gradient: whatever the backward left there is dropped (not updated, not in the norm).
+  for (OwnedSlice& o : owned())
+    if (!o.trainable) o.grad.zero_();
   reduced_ = Tensor();
   full_grad_ = Tensor();
 }

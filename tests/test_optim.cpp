@@ -223,8 +223,7 @@ StepStats optimizer_step(Sharded& s, const AdamWOptions& o, double lr, std::int6
     for (const OwnedSlice& os : unit->owned()) {
       if (!os.trainable) continue;
       const auto it = std::find_if(kSpecs.begin(), kSpecs.end(), [&](const Spec& x) { return os.name == x.name; });
-      slices.push_back({os.master.data<float>(), os.exp_avg.data<float>(), os.exp_avg_sq.data<float>(),
-                        os.grad.data<float>(), os.end - os.begin, it == kSpecs.end() || it->weight_decay});
+      slices.push_back({os.master, os.exp_avg, os.exp_avg_sq, os.grad, it == kSpecs.end() || it->weight_decay});
     }
   adamw_update(slices, o, lr, st.clip_coef, t);
   return st;
@@ -393,11 +392,12 @@ TEST_CASE("AdamW + clipping match torch's algorithm over several steps; frozen t
       CHECK(close(st.clip_coef, r.clip_coef, 1e-12));
       clipped += st.clip_coef < 1;
       check_against(s, ref, 1e-6);  // the frozen router: still its initial values, moments zero
-      // The frozen tensor's reduced gradient is left as it was (not clipped, not counted in the norm).
+      // The frozen tensor's reduced gradient (1e3 from the backward) is dropped at the reduce: zero, so
+      // it is neither applied nor counted in the norm (the norm check above would fail otherwise).
       for (const auto& u : s.model.units())
         for (const OwnedSlice& os : u->owned())
           if (!os.trainable)
-            for (std::int64_t j = 0; j < os.grad.numel(); ++j) CHECK(os.grad.data<float>()[j] == 1e3f);
+            for (std::int64_t j = 0; j < os.grad.numel(); ++j) CHECK(os.grad.data<float>()[j] == 0.0f);
     }
     CHECK(clipped >= 2);
     CHECK(clipped <= 4);
@@ -561,8 +561,8 @@ TEST_CASE("gradients accumulate over micro-batches in the owned slices until zer
     int bad = 0;
     for (std::size_t i = 0; i < kSpecs.size(); ++i)
       for (std::int64_t j = 0; j < numel_of(i); ++j) {
-        float want = 0;
-        for (int q = 0; q < c.size(); ++q)
+        float want = 0;  // frozen tensors: their gradient is dropped at the reduce
+        for (int q = 0; q < c.size() && kSpecs[i].trainable; ++q)
           if (holds(f, q, i, j))
             for (int mb = 0; mb < 2; ++mb) want += static_cast<float>((q + 1) * (mb + 1) + j % 5);
         bad += state.at(kSpecs[i].name).grad[static_cast<std::size_t>(j)] != want;
