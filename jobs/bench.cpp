@@ -22,6 +22,7 @@
 #include "io/presets.h"
 #include "jobs/jobs.h"
 #include "jobs/log.h"
+#include "jobs/device_choice.h"
 #include "layers/device.h"
 #include "layers/ops.h"
 #include "optim/adamw.h"
@@ -33,6 +34,7 @@
 namespace dg {
 
 void bench_options(po::options_description& d) {
+  add_device_option(d);
   d.add_options()
       ("what", po::value<std::string>()->default_value("all"), "gemm, comm, ops, fsdp, ep or all (= gemm and comm)")
       ("tokens", po::value<std::int64_t>()->value_name("N"), "ops: tokens per call (rows, default 2048); ep: tokens per rank per micro-batch, the T of each MoE call (default 4096)")
@@ -137,7 +139,7 @@ void bench_ops(JobContext& ctx, std::vector<Result>& out) {
              V = ctx.vm["vocab"].as<std::int64_t>();
   const int iters = ctx.vm["iters"].as<int>();
   std::vector<Device> devices = {Device::CPU};
-  if (ctx.rt.cuda_device >= 0) devices.push_back(Device::CUDA);
+  if (resolve_device(ctx, "bench", true) == Device::CUDA) devices.push_back(Device::CUDA);
   for (const Device dev : devices) {
     const bool gpu = dev == Device::CUDA;
     const DType act = gpu ? DType::BF16 : DType::F32;
@@ -565,6 +567,7 @@ int bench_run(JobContext& ctx) {
   if (std::find(whats.begin(), whats.end(), what) == whats.end())
     fail_config("bench: --what must be gemm, comm, ops or all (= gemm and comm), or fsdp or ep; not '{}'", what);
   if (ctx.vm.count("tokens") && ctx.vm["tokens"].as<std::int64_t>() <= 0) fail_config("bench: --tokens must be positive");
+  log::info("bench: device {}", device_name(resolve_device(ctx, "bench", true)));
   for (const char* dim : {"hidden", "vocab"})
     if (ctx.vm[dim].as<std::int64_t>() <= 0) fail_config("bench: --{} must be positive", dim);
   const std::string dtype = ctx.vm["dtype"].as<std::string>();

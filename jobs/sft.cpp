@@ -28,6 +28,7 @@
 #include "io/presets.h"
 #include "io/safetensors.h"
 #include "io/sft_data.h"
+#include "jobs/device_choice.h"
 #include "jobs/export.h"
 #include "jobs/checkpoint_group.h"
 #include "jobs/jobs.h"
@@ -47,6 +48,7 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 
 void sft_options(po::options_description& d) {
+  add_device_option(d);
   d.add_options()
       ("model", po::value<std::string>()->value_name("DIR"), "HF model directory to fine-tune (default: the built-in tiny preset)")
       ("preset", po::value<std::string>()->default_value("tiny"), "random model when --model is not given")
@@ -220,6 +222,8 @@ int sft_run(JobContext& ctx) {
   if (!resume && fs::exists(ckpt_dir) && latest_checkpoint_step(ckpt_dir.string()))
     fail_config("{} already holds checkpoints: pass --resume to continue, or choose another --out", ckpt_dir.string());
 
+  const Device device = resolve_device(ctx, "sft", /*cuda_path_ready=*/false);
+  log::info("sft: device {}", device_name(device));
   Run run = open_run_model(ctx);
   const ModelConfig& c = run.config;
   Mesh mesh = make_mesh(world, vm["ep"].as<int>(), c.num_experts, ctx.rt.node_id);
@@ -344,7 +348,8 @@ int sft_run(JobContext& ctx) {
   std::ofstream metrics;
   if (world.rank() == 0) metrics.open(metrics_path, std::ios::app);
   const json train_section = {{"seed", seed}, {"micro_batch", shape.micro_batch}, {"accumulation", shape.accumulation},
-                              {"world_size", world.size()}, {"global_batch", shape.global_batch()}, {"steps", steps}};
+                              {"world_size", world.size()}, {"global_batch", shape.global_batch()}, {"steps", steps},
+                              {"device", device_name(device)}};
   log::info("sft: {} examples, global batch {} ({} x {} x {} ranks), {} steps, {} trainable parameters", data.examples.size(),
             shape.global_batch(), shape.micro_batch, shape.accumulation, shape.dp, steps, trainable);
 
@@ -372,6 +377,7 @@ int sft_run(JobContext& ctx) {
     model.zero_grad();
     StepLosses total;
     reset_host_reads();
+    const std::int64_t allocs_before = allocation_stats().system_allocations;
     for (int m = 0; m < shape.accumulation; ++m) {
       const SftMicroBatch& mb = mbs[static_cast<std::size_t>(m)];
       const NoisedCanvas& nz = noised[static_cast<std::size_t>(m)];
@@ -426,6 +432,7 @@ int sft_run(JobContext& ctx) {
     }
     ++step;
     ++steps_this_run;
+    const std::int64_t step_allocations = allocation_stats().system_allocations - allocs_before;
 
     const double elapsed = std::chrono::duration<double>(Clock::now() - t0).count();
     const double tokens_per_s = static_cast<double>(counts[0] + counts[1]) * steps_this_run / std::max(elapsed, 1e-9);
@@ -435,7 +442,8 @@ int sft_run(JobContext& ctx) {
     if (world.rank() == 0) {
       metrics << json{{"step", step}, {"loss", sums[2]}, {"diffusion_loss", sums[0]}, {"ar_loss", sums[1]},
                       {"grad_norm", st.grad_norm}, {"clip_coef", st.clip_coef}, {"lr", lr},
-                      {"diffusion_tokens", counts[0]}, {"ar_tokens", counts[1]}, {"elapsed_s", elapsed}}
+                      {"diffusion_tokens", counts[0]}, {"ar_tokens", counts[1]}, {"elapsed_s", elapsed},
+                      {"host_allocations", step_allocations}}
                      .dump()
               << '\n';
       metrics.flush();

@@ -3,6 +3,7 @@
 #include "layers/ops.h"
 
 #include <cstdio>
+#include <mutex>
 #include <cstdlib>
 #include <string_view>
 #include <cstring>
@@ -69,6 +70,59 @@ Tensor read_to_host(const Tensor& t, const char* name) {
   return out;
 }
 
+// ---- the host pool of model-path tensors --------------------------------------------------------------
+
+namespace {
+struct HostPool {
+  std::mutex mu;
+  std::vector<std::vector<void*>> free_lists = std::vector<std::vector<void*>>(64);
+  AllocationStats stats;
+};
+HostPool& pool() {
+  static HostPool* p = new HostPool;  // never destroyed: blocks may be freed during static destruction
+  return *p;
+}
+int size_class(std::size_t bytes) {
+  int c = 6;  // 64 bytes
+  while ((std::size_t{1} << c) < bytes) ++c;
+  return c;
+}
+void* system_alloc(std::size_t bytes) {
+  void* p = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
+  if (!p) fail("out of host memory allocating {} bytes", bytes);
+  return p;
+}
+std::shared_ptr<void> pooled_alloc(std::size_t bytes) {
+  HostPool& hp = pool();
+  const int c = size_class(bytes);
+  void* p = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(hp.mu);
+    auto& list = hp.free_lists[static_cast<std::size_t>(c)];
+    if (!list.empty()) {
+      p = list.back();
+      list.pop_back();
+      ++hp.stats.pool_hits;
+      hp.stats.cached_bytes -= static_cast<std::int64_t>(std::size_t{1} << c);
+    } else {
+      ++hp.stats.system_allocations;
+    }
+  }
+  if (p == nullptr) p = system_alloc(std::size_t{1} << c);
+  return std::shared_ptr<void>(p, [c](void* q) {
+    HostPool& h = pool();
+    std::lock_guard<std::mutex> lock(h.mu);
+    h.free_lists[static_cast<std::size_t>(c)].push_back(q);
+    h.stats.cached_bytes += static_cast<std::int64_t>(std::size_t{1} << c);
+  });
+}
+}  // namespace
+
+AllocationStats allocation_stats() {
+  std::lock_guard<std::mutex> lock(pool().mu);
+  return pool().stats;
+}
+
 static void check_shape(const Shape& s) {
   for (auto d : s)
     if (d < 0) fail("invalid tensor shape {}: negative dimension", shape_str(s));
@@ -81,7 +135,9 @@ Tensor Tensor::empty(Shape shape, DType dtype, Device device) {
   t.dtype_ = dtype;
   t.device_ = device;
   const std::size_t bytes = std::max<std::size_t>(t.nbytes(), 1);
-  if (device == Device::CPU) {
+  if (device == Device::CPU && in_model_path()) {
+    t.storage_ = pooled_alloc(bytes);
+  } else if (device == Device::CPU) {
     void* p = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
     if (!p) fail("out of host memory allocating {} bytes for a {} tensor", bytes, shape_str(t.shape_));
     t.storage_ = std::shared_ptr<void>(p, [](void* q) { std::free(q); });

@@ -35,6 +35,19 @@ class ModelPathScope {
   ModelPathScope(const ModelPathScope&) = delete;
   ModelPathScope& operator=(const ModelPathScope&) = delete;
 };
+// Host memory of the tensors allocated inside a step comes from a caching pool (size classes of powers of
+// two from 64 bytes): a block freed inside or after a step returns to its class's free list and serves
+// the next request of that class, so once the first steps have warmed the pool a step allocates nothing
+// from the system. Outside steps (loading, conversion, checkpoints) tensors use the system allocator
+// directly and give their memory back. (The CUDA backend's counterpart is the stream-ordered
+// cudaMallocAsync pool.)
+struct AllocationStats {
+  std::int64_t system_allocations = 0;  // blocks the pool had to take from the system
+  std::int64_t pool_hits = 0;           // requests served from a free list
+  std::int64_t cached_bytes = 0;        // held by the pool's free lists now
+};
+AllocationStats allocation_stats();
+
 // Host reads inside model-path scopes, by name (reset_host_reads clears them).
 const std::map<std::string, std::int64_t>& host_reads();
 void reset_host_reads();
