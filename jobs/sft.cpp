@@ -71,6 +71,7 @@ void sft_options(po::options_description& d) {
       ("ar-weight", po::value<double>()->default_value(1.0), "weight of the encoder AR loss")
       ("seed", po::value<std::uint64_t>()->default_value(42), "seed of data order, noise and init")
       ("ep", po::value<int>()->default_value(1), "expert-parallel size: ranks that split the experts (divides the world size and the number of experts; inside a node)")
+      ("recompute", po::value<bool>()->default_value(false), "activation recompute: keep only each layer's input in the forward and recompute the layer before its backward (less memory, about one more forward of compute)")
       ("reshard-after-forward", po::value<bool>()->default_value(true), "free each layer's gathered parameters after its forward (false: keep them until its backward; more memory, fewer all-gathers)")
       ("checkpoint-every", po::value<int>()->default_value(200), "steps between checkpoints (0: only at the end)")
       ("resume", po::bool_switch(), "continue from OUT/checkpoints/latest")
@@ -233,7 +234,7 @@ int sft_run(JobContext& ctx) {
   FsdpModel model(c, diffusion_gemma_plan(c, plan_opts, sft_trainable), mesh);
   std::unique_ptr<MeshExpertExchange> exchange;
   if (mesh.ep > 1) exchange = std::make_unique<MeshExpertExchange>(mesh);
-  const TrainParallel par{&model, exchange.get()};
+  const TrainParallel par{&model, exchange.get(), vm["recompute"].as<bool>()};
   SftDataOptions dopt;
   dopt.max_seq_len = vm["seq-len"].as<int>();
   const std::string on_err = vm["on-data-error"].as<std::string>(), trunc = vm["truncation"].as<std::string>();

@@ -52,10 +52,14 @@ struct ExpertExchange {
   virtual void to_sources(const ExpertRoute& r, const Tensor& rows, Tensor& out) = 0;
 };
 
-// What a training pass is given besides the weights: both may be null (everything local).
+// How a training step executes besides the weights: the parameter schedule and the expert exchange (both
+// may be null: everything local), and activation recompute (keep only each layer's input, and the
+// encoder's K/V, in the forward; recompute the layer's forward just before its backward: about one more
+// forward of compute for a fraction of the activation memory).
 struct TrainParallel {
   ParamSchedule* params = nullptr;
   ExpertExchange* experts = nullptr;
+  bool recompute_layers = false;
 };
 
 }  // namespace dg

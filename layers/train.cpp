@@ -113,8 +113,12 @@ Tensor coin_rows(const std::vector<std::uint8_t>& coin) {
 }
 
 // Runs every layer over x [B,L,H] (keys [enc K/V ; own]) and the final norm; fills pass.layers.
+// What a pass keeps of each layer's activations: everything (for its backward), only what a recompute
+// needs (the layer input, and the K/V the decoder passes read), or nothing (decode pass 1: no backward).
+enum class Keep { All, Inputs, Nothing };
+
 void run_layers(const ModelConfig& c, const ModelWeights& w, Tensor& x, Pass& pass, const Pass* encoder, bool decoder,
-                const TrainParallel& par) {
+                const TrainParallel& par, Keep keep) {
   const std::int64_t T = pass.B * pass.L, H = c.hidden_size;
   pass.layers.assign(static_cast<std::size_t>(c.num_layers), LayerSaved{});
   for (int i = 0; i < c.num_layers; ++i) {
@@ -129,6 +133,15 @@ void run_layers(const ModelConfig& c, const ModelWeights& w, Tensor& x, Pass& pa
     layer::layer_forward(c, i, l, x, pass.rope(c.layer(i)), ek, ev, pass.opts[u], pass.token_mask,
                          decoder ? l.layer_scalar : l.encoder_layer_scalar, pass.layers[u],
                          par.experts);
+    if (keep != Keep::All) {
+      LayerSaved slim;
+      if (keep == Keep::Inputs) {
+        slim.x_in = pass.layers[u].x_in;
+        slim.k = pass.layers[u].k;
+        slim.v = pass.layers[u].v;
+      }
+      pass.layers[u] = std::move(slim);
+    }
     if (par.params != nullptr) par.params->forward_end(i);
   }
   pass.x_final = x.reshape({T, H}).clone();
@@ -162,14 +175,14 @@ Pass encode_pass(const ModelConfig& c, const ModelWeights& w, const SftBatch& b,
   }
   Tensor x = f32({p.B, p.L, H});
   embedding(b.clean, w.embed_tokens, embed_scale(H, w.embed_tokens.dtype()), x);
-  run_layers(c, w, x, p, nullptr, false, par);
+  run_layers(c, w, x, p, nullptr, false, par, par.recompute_layers ? Keep::Inputs : Keep::All);
   return p;
 }
 
 // A decoder pass over the canvas (training.md §4.2): absolute positions P_b + j, the Canvas rule.
 // soft: the self-conditioning soft embedding [T,H] (coin-0 rows zero), or undefined for none.
 Pass decode_pass(const ModelConfig& c, const ModelWeights& w, const SftBatch& b, const Pass& enc, const Tensor& soft,
-                 DecoderInput& in, const TrainParallel& par) {
+                 DecoderInput& in, const TrainParallel& par, Keep keep) {
   Pass p;
   p.B = b.canvas.size(0);
   p.L = b.canvas.size(1);
@@ -216,7 +229,7 @@ Pass decode_pass(const ModelConfig& c, const ModelWeights& w, const SftBatch& b,
   Tensor x = f32({p.B, p.L, H});
   Tensor xt = x.reshape({T, H});
   rms_norm(in.e, nullptr, eps, xt, in.rstd_e);
-  run_layers(c, w, x, p, &enc, true, par);
+  run_layers(c, w, x, p, &enc, true, par, keep);
   return p;
 }
 
@@ -234,12 +247,21 @@ void layers_backward(const ModelConfig& c, const ModelWeights& w, ModelGrads& g,
     Tensor d_enc_k = Tensor::zeros(enc.layers[u].k.shape(), DType::F32);
     Tensor d_enc_v = Tensor::zeros(enc.layers[u].v.shape(), DType::F32);
     Tensor none_k, none_v;
-    layer::layer_backward(c, i, l, g.layers[u], p2.layers[u], p2.rope(c.layer(i)), enc.layers[u].k, enc.layers[u].v,
-                          p2.opts[u], l.layer_scalar, dx2, nullptr, nullptr, d_enc_k, d_enc_v,
+    // With recompute, the layer's forward runs again from its saved input (bit-identical activations).
+    auto saved = [&](const Pass& p, const Pass* encoder, const Tensor& scalar) {
+      if (!par.recompute_layers) return p.layers[u];
+      LayerSaved full;
+      Tensor x = p.layers[u].x_in.clone().reshape({p.B, p.L, c.hidden_size});
+      layer::layer_forward(c, i, l, x, p.rope(c.layer(i)), encoder ? encoder->layers[u].k : Tensor(),
+                           encoder ? encoder->layers[u].v : Tensor(), p.opts[u], p.token_mask, scalar, full, par.experts);
+      return full;
+    };
+    layer::layer_backward(c, i, l, g.layers[u], saved(p2, &enc, l.layer_scalar), p2.rope(c.layer(i)), enc.layers[u].k,
+                          enc.layers[u].v, p2.opts[u], l.layer_scalar, dx2, nullptr, nullptr, d_enc_k, d_enc_v,
                           par.experts);
-    layer::layer_backward(c, i, l, g.layers[u], enc.layers[u], enc.rope(c.layer(i)), Tensor(), Tensor(), enc.opts[u],
-                          l.encoder_layer_scalar, dxe, &d_enc_k, &d_enc_v, none_k, none_v,
-                          par.experts);
+    layer::layer_backward(c, i, l, g.layers[u], saved(enc, nullptr, l.encoder_layer_scalar), enc.rope(c.layer(i)),
+                          Tensor(), Tensor(), enc.opts[u], l.encoder_layer_scalar, dxe, &d_enc_k, &d_enc_v, none_k,
+                          none_v, par.experts);
     if (par.params != nullptr) par.params->backward_end(i);
   }
 }
@@ -303,7 +325,7 @@ StepLosses run(const ModelConfig& c, const ModelWeights& w, const SftBatch& b, M
              "SftBatch.sc_logits must be f32 [{}, {}, {}], got {}", B, R, c.vocab_size, b.sc_logits.describe());
   } else {
     DecoderInput none;
-    Pass p1 = decode_pass(c, w, b, enc, Tensor(), none, par);
+    Pass p1 = decode_pass(c, w, b, enc, Tensor(), none, par, Keep::Nothing);
     h1 = p1.hidden;
   }
   const bool any_coin = std::any_of(b.sc_coin.begin(), b.sc_coin.end(), [](std::uint8_t x) { return x != 0; });
@@ -320,7 +342,8 @@ StepLosses run(const ModelConfig& c, const ModelWeights& w, const SftBatch& b, M
 
   // 3. Decode pass 2 + diffusion loss.
   DecoderInput in;
-  const Pass p2 = decode_pass(c, w, b, enc, soft, in, par);
+  const Pass p2 = decode_pass(c, w, b, enc, soft, in, par,
+                              g == nullptr ? Keep::Nothing : par.recompute_layers ? Keep::Inputs : Keep::All);
   Tensor lse_d = f32({Td});
   out.diffusion = lm_head_cross_entropy(p2.hidden, w.embed_tokens, b.diff_targets.reshape({Td}),
                                         b.diff_mask.reshape({Td}), b.n_diff, lse_d, opts);

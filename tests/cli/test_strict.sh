@@ -21,6 +21,11 @@ expect 0 "strict-device mode: host reads in step 1: ar_loss=1 ar_tokens=1 diffus
   env DGEMMA_STRICT_DEVICE=1 "${MPI[@]}" -n 2 "$DGEMMA" "${SFT[@]}" --out strict
 check "sft: strict-device run == normal run, bit for bit" cmp -s <(losses normal/metrics.jsonl) <(losses strict/metrics.jsonl)
 
+# Activation recompute: the layers' forward runs again before their backward, from the saved inputs:
+# bit-identical results (in strict-device mode too).
+expect 0 "step +5/5" -- env DGEMMA_STRICT_DEVICE=1 "${MPI[@]}" -n 2 "$DGEMMA" "${SFT[@]}" --out recompute --recompute true
+check "sft --recompute true == normal run, bit for bit" cmp -s <(losses normal/metrics.jsonl) <(losses recompute/metrics.jsonl)
+
 # No allocation in the steady-state step: tensors of a step come from the host pool (layers/tensor.h);
 # after the first step has warmed it, a step takes nothing from the system (1 rank, and 2 ranks without
 # EP; with EP the exchanged row counts vary with the routing, so a step still allocates when a routing
