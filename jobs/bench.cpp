@@ -44,14 +44,14 @@ void bench_options(po::options_description& d) {
       ("n", po::value<std::int64_t>()->default_value(512), "GEMM columns of B and C")
       ("k", po::value<std::int64_t>()->default_value(512), "GEMM inner dimension")
       ("iters", po::value<int>()->default_value(10), "timed repetitions per measurement")
-      ("comm-mb", po::value<double>()->default_value(16.0), "collective message size per rank, MiB")
+      ("comm-mb", po::value<double>()->default_value(16.0, "16.0"), "collective message size per rank, MiB")
       ("preset", po::value<std::string>()->default_value("diffusiongemma-26b-a4b"), "fsdp, ep: the model config, a built-in preset (tiny, diffusiongemma-26b-a4b)")
       ("model-config", po::value<std::string>()->value_name("FILE"), "fsdp, ep: a config.json (or an HF model directory) instead of --preset")
       ("ep", po::value<int>()->default_value(1), "fsdp, ep: expert-parallel size of the mesh (divides the world size and the number of experts)")
       ("world", po::value<int>()->default_value(0), "fsdp, ep: compute the bytes for a mesh of this many ranks instead of the MPI world (bytes only, nothing is timed)")
       ("dtype", po::value<std::string>()->default_value("both"), "fsdp, ep: bytes per element of the compute copies and the exchanged rows: bf16 (GPU), f32 (CPU backend) or both")
       ("reshard-after-forward", po::value<bool>()->default_value(true), "fsdp: as sft's option (true: each layer unit is gathered once per forward pass and once for its backward)")
-      ("max-buffer-mb", po::value<double>()->default_value(2048.0), "fsdp, ep: largest buffers one rank may allocate for a timed collective, MiB (larger ones are skipped with a note)")
+      ("max-buffer-mb", po::value<double>()->default_value(2048.0, "2048.0"), "fsdp, ep: largest buffers one rank may allocate for a timed collective, MiB (larger ones are skipped with a note)")
       ("json", po::value<std::string>()->value_name("FILE"), "also write results as JSON lines to FILE");
 }
 

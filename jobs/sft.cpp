@@ -60,15 +60,15 @@ void sft_options(po::options_description& d) {
       ("micro-batch", po::value<int>()->default_value(16), "examples per micro-batch per rank")
       ("accumulation", po::value<int>()->default_value(1), "micro-batches per step")
       ("seq-len", po::value<int>()->default_value(256), "max tokens per example (prompt + response + EOS fill)")
-      ("lr", po::value<double>()->default_value(3e-3), "peak learning rate")
-      ("min-lr", po::value<double>()->default_value(3e-4), "final learning rate of the cosine decay")
+      ("lr", po::value<double>()->default_value(3e-3, "3e-3"), "peak learning rate")
+      ("min-lr", po::value<double>()->default_value(3e-4, "3e-4"), "final learning rate of the cosine decay")
       ("warmup", po::value<int>()->default_value(20), "linear warmup steps")
-      ("weight-decay", po::value<double>()->default_value(1e-4), "AdamW weight decay")
-      ("beta1", po::value<double>()->default_value(0.95), "AdamW beta1")
-      ("beta2", po::value<double>()->default_value(0.99), "AdamW beta2")
-      ("adam-eps", po::value<double>()->default_value(1e-8), "AdamW epsilon")
-      ("grad-clip", po::value<double>()->default_value(1.0), "global gradient-norm clip")
-      ("ar-weight", po::value<double>()->default_value(1.0), "weight of the encoder AR loss")
+      ("weight-decay", po::value<double>()->default_value(1e-4, "1e-4"), "AdamW weight decay")
+      ("beta1", po::value<double>()->default_value(0.95, "0.95"), "AdamW beta1")
+      ("beta2", po::value<double>()->default_value(0.99, "0.99"), "AdamW beta2")
+      ("adam-eps", po::value<double>()->default_value(1e-8, "1e-8"), "AdamW epsilon")
+      ("grad-clip", po::value<double>()->default_value(1.0, "1.0"), "global gradient-norm clip")
+      ("ar-weight", po::value<double>()->default_value(1.0, "1.0"), "weight of the encoder AR loss")
       ("seed", po::value<std::uint64_t>()->default_value(42), "seed of data order, noise and init")
       ("ep", po::value<int>()->default_value(1), "expert-parallel size: ranks that split the experts (divides the world size and the number of experts; inside a node)")
       ("recompute", po::value<bool>()->default_value(false), "activation recompute: keep only each layer's input in the forward and recompute the layer before its backward (less memory, about one more forward of compute)")
@@ -331,9 +331,12 @@ int sft_run(JobContext& ctx) {
   run.hf.reset();  // unmap the input model: its pages would otherwise stay in every rank's memory
   log::info("sft: this rank holds {} of the model's parameters at rest ({:.1f} MB of fp32 masters, moments and gradients)",
             held, static_cast<double>(held) * 16.0 / 1e6);
+  const fs::path stopped_marker = out / "STOPPED";
   if (world.rank() == 0) {
     fs::create_directories(out);
     write_file_atomic((out / "config.ini").string(), ctx.resolved_config, true);
+    std::error_code ec;
+    fs::remove(stopped_marker, ec);  // a marker of an earlier stop: this run continues from there
     // Metrics of steps after the checkpoint we resumed from are redone: drop them.
     std::string kept;
     if (std::ifstream in(metrics_path); in) {
@@ -453,6 +456,9 @@ int sft_run(JobContext& ctx) {
     if (stop || step == steps || (every > 0 && step % every == 0))
       save_checkpoint(world, ckpt_dir.string(), step, run, model, mesh, optimizer_steps, cursor, train_section);
     if (stop && step < steps) {
+      // The marker tells a batch script to requeue even when the launcher does not pass exit 42 on
+      // (mpirun exits 1 after forwarding a SIGTERM, whatever its ranks returned).
+      if (world.rank() == 0) write_file_atomic(stopped_marker.string(), fmt::format("step {}\n", step), true);
       log::info("sft: stopped at step {} after checkpointing; rerun with --resume to continue (exit {})", step,
                 static_cast<int>(kExitStoppedOnSignal));
       return kExitStoppedOnSignal;

@@ -79,6 +79,34 @@ check "SIGUSR1 -> exit 42 (got $rc)" test "$rc" -eq 42
 check "SIGUSR1 -> checkpoint" test -f sig/checkpoints/latest
 check "SIGUSR1 -> message" grep -q "rerun with --resume" sig.log
 
+# --- signals under mpirun (2 ranks) and at start-up --------------------------------------------------
+# mpirun forwards SIGUSR1 to the ranks and passes their exit 42 on. On SIGTERM it forwards the signal,
+# the ranks checkpoint and exit 42, but mpirun itself exits 1: the STOPPED marker is what a batch script
+# can rely on (jobs/examples/sft.sbatch requeues on exit 42 or the marker).
+for sig in USR1 TERM; do
+  "${MPI[@]}" -n 2 "$DGEMMA" sft --out "mpi$sig" --steps 100000 --warmup 1 --micro-batch 2 --seq-len 64 --checkpoint-every 0 >"mpi$sig.log" 2>&1 &
+  pid=$!
+  for _ in $(seq 1 300); do [[ -s "mpi$sig/metrics.jsonl" ]] && break; sleep 0.1; done
+  kill -"$sig" "$pid"
+  wait "$pid"; rc=$?
+  check "mpirun + SIG$sig: both ranks checkpointed" test -f "mpi$sig/checkpoints/latest" -a -f "mpi$sig/checkpoints/$(cat "mpi$sig/checkpoints/latest" 2>/dev/null)/rank_00001.h5"
+  check "mpirun + SIG$sig: STOPPED marker written" grep -q "^step [0-9]" "mpi$sig/STOPPED"
+  [[ $sig == USR1 ]] && check "mpirun + SIGUSR1 -> exit 42 (got $rc)" test "$rc" -eq 42
+done
+expect 0 "resumed" -- "${MPI[@]}" -n 2 "$DGEMMA" sft --out mpiTERM --steps "$(($(sed 's/step //' mpiTERM/STOPPED) + 2))" --warmup 1 --micro-batch 2 --seq-len 64 --checkpoint-every 0 --export false --resume
+check "a resumed run that finishes removes the marker" test ! -e mpiTERM/STOPPED
+# A signal during start-up (before MPI and the model are up) is a stop request, not a kill (was exit 138).
+"$DGEMMA" sft --out early --steps 50 --warmup 1 --micro-batch 2 --seq-len 64 --checkpoint-every 0 >early.log 2>&1 &
+pid=$!
+sleep 0.02
+kill -USR1 "$pid"
+wait "$pid"; rc=$?
+check "SIGUSR1 at start-up -> exit 42 after the first step's checkpoint (got $rc)" test "$rc" -eq 42
+
+# --help shows defaults as written, not as binary doubles (was "--lr arg (=0.0030000000000000001)").
+expect 0 "--lr arg \(=3e-3\)" -- "$DGEMMA" sft --help
+check "no binary-double defaults in sft --help" bash -c "! \"$DGEMMA\" sft --help | grep -qE '=[0-9.]*0000000'"
+
 # --- bad input ------------------------------------------------------------------------------------
 printf '{"messages":[{"role":"user","content":"hi"},{"role":"assistant","content":"ok"}]}\n{"messages": [\n' >bad.jsonl
 expect 2 "bad.jsonl:2" -- "$DGEMMA" sft --out bad1 --data bad.jsonl --on-data-error fail
@@ -92,6 +120,8 @@ expect 2 "lr" -- "$DGEMMA" sft --out bad7 --lr -1
 expect 2 "micro-batch" -- "$DGEMMA" sft --out bad8 --micro-batch 0
 expect 2 "unknown|unrecognised|unrecognized" -- "$DGEMMA" sft --out bad9 --no-such-option 1
 expect 2 "config.json|model" -- "$DGEMMA" sft --out bad10 --model does-not-exist
+expect 2 "--device must be auto, cpu or cuda" -- "$DGEMMA" sft --out bad11 --device tpu
+expect 2 "--device cuda, but" -- "$DGEMMA" sft --out bad12 --device cuda
 check "failed runs left no checkpoints" test ! -e bad1/checkpoints -a ! -e bad4/checkpoints -a ! -e bad5/checkpoints
 
 echo "test_sft: $passed passed, $failed failed"
