@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "io/checkpoint_internal.h"
+#include "io/data_check.h"
 
 namespace dg {
 
@@ -236,6 +237,7 @@ json CheckpointManifest::to_json() const {
     json shards = json::array();
     for (const CheckpointShard& s : t.shards) {
       json e = {{"file", s.file}, {"dataset", s.dataset}};
+      if (s.checksum) e["checksum"] = checksum_string(*s.checksum);
       if (s.slice.flat)
         e["flat"] = {s.slice.begin, s.slice.end};
       else
@@ -356,6 +358,13 @@ CheckpointManifest CheckpointManifest::from_json(const json& j, const std::strin
       CheckpointShard s;
       s.file = get_string(field(sj, "file", sw), sw + ": file");
       s.dataset = get_string(field(sj, "dataset", sw), sw + ": dataset");
+      if (sj.contains("checksum")) {
+        const std::string text = get_string(sj["checksum"], sw + ": checksum");
+        std::uint64_t sum = 0;
+        if (!parse_checksum(text, sum))
+          fail_config("{}: checksum \"{}\" is not \"xxh64:\" followed by 16 lowercase hex digits", sw, text);
+        s.checksum = sum;
+      }
       if (sj.contains("flat")) {
         if (sj.contains("offset") || sj.contains("count")) fail_config("{}: both flat and offset/count", sw);
         const Shape r = get_dims(sj["flat"], sw + ": flat", true);

@@ -50,16 +50,16 @@
 //         "dtype": "f32",
 //         "shape": [2816],
 //         "shards": [
-//           {"dataset": "/master/model.norm.weight", "file": "rank_00000.h5", "flat": [0, 1408]},
-//           {"dataset": "/master/model.norm.weight", "file": "rank_00001.h5", "flat": [1408, 2816]}
+//           {"checksum": "xxh64:4c1ef0e79d0c6a2b", "dataset": "/master/model.norm.weight", "file": "rank_00000.h5", "flat": [0, 1408]},
+//           {"checksum": "xxh64:9a03b7d2c51e8f40", "dataset": "/master/model.norm.weight", "file": "rank_00001.h5", "flat": [1408, 2816]}
 //         ]
 //       },
 //       "param/model.layers.0.moe.experts.down_projs": {
 //         "dtype": "bf16",
 //         "shape": [128, 704, 2816],
 //         "shards": [
-//           {"count": [64, 704, 2816], "dataset": "/param/model.layers.0.moe.experts.down_projs", "file": "rank_00000.h5", "offset": [0, 0, 0]},
-//           {"count": [64, 704, 2816], "dataset": "/param/model.layers.0.moe.experts.down_projs", "file": "rank_00001.h5", "offset": [64, 0, 0]}
+//           {"checksum": "xxh64:...", "count": [64, 704, 2816], "dataset": "/param/model.layers.0.moe.experts.down_projs", "file": "rank_00000.h5", "offset": [0, 0, 0]},
+//           {"checksum": "xxh64:...", "count": [64, 704, 2816], "dataset": "/param/model.layers.0.moe.experts.down_projs", "file": "rank_00001.h5", "offset": [64, 0, 0]}
 //         ]
 //       }
 //     },
@@ -67,6 +67,17 @@
 //   }
 // `sections` are free-form JSON the trainer sets once (any rank; ranks that set the same name must agree);
 // `rank_sections` hold one value per writing rank (null where a rank set none).
+//
+// Checksums: each shard's "checksum" is "xxh64:" + 16 hex digits, the XXH64 (seed 0, io/data_check.h) of
+// the dataset's bytes as written: its elements in row-major order of the dataset's shape, little-endian,
+// in the stored dtype (= the bytes the writer was given). The field is optional and format_version stays 1:
+// checkpoints written before checksums existed load as before, unverified (inspect --verify says so).
+// Verification cost: a reader checks each shard once, the first time a read() touches it. When the read
+// lands the whole shard contiguously in `out` (whole-tensor reads, and any read whose region holds the
+// shard as one row-major run, e.g. the same dim-0 split as saved) the bytes read are hashed in place: no
+// extra I/O. Otherwise the shard is read once more, whole, in 16 MiB pieces (a rank resharding onto
+// another mesh reads each shard it touches twice; the second pass usually hits the page cache). Hashing
+// runs at ~10 GB/s. A mismatch is a ConfigError naming the rank file, the dataset and the tensor.
 //
 // Save protocol (formats.md §4.4), CheckpointWriter:
 //   construct (collective)  rank 0 refuses an existing step_N (ConfigError, nothing touched) unless
@@ -93,7 +104,8 @@
 // saved shards and reads only the overlapping hyperslabs of the files that hold them, straight into `out`
 // (a flat shard that a box request cuts across rows is read through one covering range, then copied).
 // Each dataset is checked when first opened against the manifest (dims, exact HDF5 type, dtype
-// attribute); an unreadable, truncated or foreign rank file is a ConfigError naming it. Reads are
+// attribute), and its data against the shard's checksum when first read (see "Checksums" above); an
+// unreadable, truncated, foreign or corrupt rank file is a ConfigError naming it. Reads are
 // bit-exact: no HDF5 type conversion happens (read_as() converts floats explicitly afterwards).
 //
 // HDF5 is not thread-safe in this build: one thread per process may use writers and readers.
@@ -159,6 +171,7 @@ struct CheckpointShard {
   std::string file;     // "rank_00003.h5"
   std::string dataset;  // "/param/model.norm.weight"
   Slice slice;
+  std::optional<std::uint64_t> checksum;  // XXH64 of the dataset's bytes; absent in older checkpoints
 };
 
 struct CheckpointTensor {
@@ -180,7 +193,7 @@ struct CheckpointManifest {
 
   nlohmann::json to_json() const;
   // The manifest.json text: 2-space indented, keys sorted, a value kept on one line when it fits in 160
-  // columns (so every shard is one line).
+  // columns (so a shard is one line unless its names are long).
   std::string dump() const;
   // Parses and validates everything but the files themselves; ConfigError "<what>: ..." on any problem.
   static CheckpointManifest from_json(const nlohmann::json& j, const std::string& what);
@@ -273,8 +286,18 @@ class CheckpointReader {
   // Reads in the saved dtype and converts to `dtype` (float types only; bf16/f16 -> f32 is exact).
   Tensor read_as(const std::string& key, const Slice& slice, DType dtype);
 
-  // Opens every rank file and checks every dataset the manifest names (shape, type, attributes).
-  void verify();
+  // Opens every rank file and checks every dataset the manifest names (shape, type, attributes); with
+  // `data`, also reads every shard whole and checks its checksum (verify_tensor of every tensor).
+  void verify(bool data = false);
+  // Pieces of a shard's data as verify_tensor reads them: `n` elements of the shard's dataset starting at
+  // its element `first` (row-major in the dataset's shape), in the stored dtype.
+  using ShardVisitor =
+      std::function<void(const CheckpointShard& shard, std::int64_t first, const void* data, std::int64_t n)>;
+  // Reads every shard of `key` whole (in 16 MiB pieces), checks its checksum when the manifest has one and
+  // hands the pieces to `visit` (optional). ConfigError naming the file, the dataset and the tensor.
+  void verify_tensor(const std::string& key, const ShardVisitor& visit = {});
+  // True when every shard of the manifest has a checksum (false for checkpoints of older builds).
+  bool has_checksums() const;
   void close_files();  // releases open HDF5 files (reopened when needed)
 
  private:

@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "io/checkpoint_internal.h"
+#include "io/data_check.h"
 #include "io/strict_json.h"
 
 namespace dg {
@@ -55,6 +56,59 @@ struct CheckpointReader::Impl {
   CheckpointManifest m;
   std::map<std::string, H5Id> files;                        // opened lazily, by file name
   std::set<std::pair<std::string, std::string>> checked;    // datasets already validated
+  std::set<std::pair<std::string, std::string>> verified;   // datasets whose checksum matched
+
+  bool needs_checksum(const CheckpointShard& s) const {
+    return s.checksum.has_value() && !verified.count({s.file, s.dataset});
+  }
+
+  // Compares a shard's data hash with the manifest's; remembers a match.
+  void check_sum(const CheckpointTensor& t, const CheckpointShard& s, std::uint64_t got) {
+    if (!s.checksum) return;
+    if (got != *s.checksum)
+      fail_config("checkpoint file {}: dataset {} of tensor '{}' (shard {}) is corrupt: its data hashes to {}, but {} "
+                  "records {} (checksum mismatch: the file changed after it was written)",
+                  path_of(s.file), s.dataset, t.key, s.slice.str(), checksum_string(got), manifest_path,
+                  checksum_string(*s.checksum));
+    verified.emplace(s.file, s.dataset);
+  }
+
+  // Reads a shard's whole dataset in pieces of about 16 MiB (row-major runs of the dataset), hashing it
+  // and handing each piece to `visit`; checks the checksum at the end.
+  void scan_shard(const CheckpointTensor& t, const CheckpointShard& s, hid_t ds, const ShardVisitor& visit) {
+    const std::size_t esize = dtype_size(t.dtype);
+    const hid_t type = ckpt::h5_type(t.dtype);
+    const Shape dims = s.slice.local_shape();
+    const std::int64_t n = s.slice.numel();
+    const std::int64_t piece = std::max<std::int64_t>(1, (std::int64_t{16} << 20) / static_cast<std::int64_t>(esize));
+    std::vector<char> buf(static_cast<std::size_t>(std::min(n, piece)) * esize);
+    auto check = [&](herr_t rc) {
+      if (rc < 0)
+        fail_config("checkpoint file {}: cannot read dataset {} of tensor '{}' ({})", path_of(s.file), s.dataset, t.key,
+                    ckpt::h5_error());
+    };
+    Xxh64 hash;
+    if (dims.empty()) {  // a scalar dataset: its one element
+      check(H5Dread(ds, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf.data()));
+      hash.update(buf.data(), esize);
+      if (visit) visit(s, 0, buf.data(), 1);
+    } else {
+      for (std::int64_t at = 0; at < n; at += piece) {
+        const std::int64_t len = std::min(piece, n - at);
+        std::int64_t filled = 0;
+        for (const Box& b : ckpt::flat_to_boxes(at, at + len, dims)) {
+          H5Id file = hyperslab_space(dims, b.offset, b.count);
+          H5Id mem = hyperslab_space({b.numel()}, {0}, {b.numel()});
+          char* dst = buf.data() + static_cast<std::size_t>(filled) * esize;
+          check(H5Dread(ds, type, mem.get(), file.get(), H5P_DEFAULT, dst));
+          filled += b.numel();
+        }
+        hash.update(buf.data(), static_cast<std::size_t>(len) * esize);
+        if (visit) visit(s, at, buf.data(), len);
+      }
+    }
+    check_sum(t, s, hash.digest());
+  }
 
   std::string path_of(const std::string& file) const { return dir + "/" + file; }
 
@@ -203,6 +257,7 @@ void CheckpointReader::read(const std::string& key, const Slice& slice, Tensor& 
       if (H5Dread(ds.get(), type, H5S_ALL, H5S_ALL, H5P_DEFAULT, out_base) < 0)
         fail_config("checkpoint file {}: cannot read dataset {} of tensor '{}' ({})", impl_->path_of(s.file), s.dataset,
                     key, ckpt::h5_error());
+      if (impl_->needs_checksum(s)) impl_->check_sum(t, s, xxh64(out_base, esize));  // the whole dataset
     }
     return;
   }
@@ -218,19 +273,44 @@ void CheckpointReader::read(const std::string& key, const Slice& slice, Tensor& 
     at += n;
   }
 
+  const Box whole{Shape(t.shape.size(), 0), t.shape};
   for (const CheckpointShard& s : t.shards) {
     H5Id ds;
     const std::string path = impl_->path_of(s.file);
+    // Checksum, the first time a read touches this shard: hashed in `out` when the shard lands there as one
+    // row-major run (`in_place`: its first element's index in `out`), else by a separate whole read.
+    const std::vector<Box> pieces = ckpt::slice_boxes(s.slice, t.shape);
+    bool verify = impl_->needs_checksum(s) && !pieces.empty();
+    std::int64_t in_place = -1;
+    if (verify) {
+      for (const Region& q : wanted) {
+        bool inside = true;
+        for (const Box& p : pieces) {
+          Box common;
+          inside = inside && ckpt::intersect(q.box, p, common) && common.count == p.count;
+        }
+        const bool run = s.slice.flat ? ckpt::contiguous_in(q.box, whole) : ckpt::contiguous_in(pieces[0], q.box);
+        if (!inside || !run) continue;
+        Shape rel(pieces[0].offset.size());
+        for (std::size_t d = 0; d < rel.size(); ++d) rel[d] = pieces[0].offset[d] - q.box.offset[d];
+        in_place = q.first + ckpt::linear_index(rel, q.box.count);
+        break;
+      }
+    }
     auto check = [&](herr_t rc) {
       if (rc < 0)
         fail_config("checkpoint file {}: cannot read dataset {} of tensor '{}' ({})", path, s.dataset, key,
                     ckpt::h5_error());
     };
-    for (const Box& p : ckpt::slice_boxes(s.slice, t.shape)) {
+    for (const Box& p : pieces) {
       for (const Region& q : wanted) {
         Box in;
         if (!ckpt::intersect(q.box, p, in)) continue;
         if (!ds.valid()) ds = impl_->dataset(t, s);
+        if (verify && in_place < 0) {  // the whole shard, once, before its first use
+          impl_->scan_shard(t, s, ds.get(), {});
+          verify = false;
+        }
         Shape mem_start(in.offset.size());
         for (std::size_t d = 0; d < mem_start.size(); ++d) mem_start[d] = in.offset[d] - q.box.offset[d];
         H5Id mem = hyperslab_space(q.box.count, mem_start, in.count);
@@ -256,6 +336,9 @@ void CheckpointReader::read(const std::string& key, const Slice& slice, Tensor& 
         }
       }
     }
+    if (verify && in_place >= 0)  // every piece of the shard was read above, into one run of `out`
+      impl_->check_sum(t, s, xxh64(out_base + static_cast<std::size_t>(in_place) * esize,
+                                   static_cast<std::size_t>(s.slice.numel()) * esize));
   }
 }
 
@@ -274,11 +357,29 @@ Tensor CheckpointReader::read_as(const std::string& key, const Slice& slice, DTy
   return saved == dtype ? raw : raw.to(dtype);
 }
 
-void CheckpointReader::verify() {
+void CheckpointReader::verify(bool data) {
   ckpt::H5Quiet quiet;
   for (const std::string& f : impl_->m.files) impl_->file(f);
   for (const auto& [key, t] : impl_->m.tensors)
     for (const CheckpointShard& s : t.shards) impl_->dataset(t, s);
+  if (data)
+    for (const auto& [key, t] : impl_->m.tensors) verify_tensor(key);
+}
+
+void CheckpointReader::verify_tensor(const std::string& key, const ShardVisitor& visit) {
+  const CheckpointTensor& t = tensor(key);
+  ckpt::H5Quiet quiet;
+  for (const CheckpointShard& s : t.shards) {
+    H5Id ds = impl_->dataset(t, s);
+    if (visit || impl_->needs_checksum(s)) impl_->scan_shard(t, s, ds.get(), visit);
+  }
+}
+
+bool CheckpointReader::has_checksums() const {
+  for (const auto& [key, t] : impl_->m.tensors)
+    for (const CheckpointShard& s : t.shards)
+      if (!s.checksum) return false;
+  return true;
 }
 
 void CheckpointReader::close_files() {

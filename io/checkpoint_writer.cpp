@@ -12,6 +12,7 @@
 
 #include "io/atomic_file.h"
 #include "io/checkpoint_internal.h"
+#include "io/data_check.h"
 
 namespace dg {
 
@@ -25,6 +26,7 @@ struct CheckpointWriter::LocalShard {
   DType dtype;
   std::string dataset;
   Slice slice;
+  std::uint64_t checksum;  // XXH64 of the bytes written
 };
 
 namespace {
@@ -180,7 +182,8 @@ void CheckpointWriter::write_shard(const std::string& key, const Shape& global_s
     ckpt::write_attr_i64(ds.get(), "flat_range", {slice.begin, slice.end}, false);
   else
     ckpt::write_attr_i64(ds.get(), "global_offset", slice.offset, false);
-  shards_.push_back({key, global_shape, dtype, dataset, slice});
+  const std::uint64_t sum = xxh64(data, static_cast<std::size_t>(n) * dtype_size(dtype));  // = the dataset's bytes
+  shards_.push_back({key, global_shape, dtype, dataset, slice, sum});
 }
 
 void CheckpointWriter::add(const std::string& key, const Shape& global_shape, const Slice& slice, const Tensor& local) {
@@ -223,7 +226,8 @@ std::string CheckpointWriter::commit() {
   // 2. Rank 0 gathers every rank's shard list and sections.
   json mine = {{"shards", json::array()}, {"sections", sections_}, {"rank_sections", rank_sections_}};
   for (const LocalShard& s : shards_) {
-    json e = {{"key", s.key}, {"dtype", std::string(dtype_name(s.dtype))}, {"shape", s.shape}, {"dataset", s.dataset}};
+    json e = {{"key", s.key}, {"dtype", std::string(dtype_name(s.dtype))}, {"shape", s.shape}, {"dataset", s.dataset},
+              {"checksum", checksum_string(s.checksum)}};
     if (s.slice.flat)
       e["flat"] = {s.slice.begin, s.slice.end};
     else
@@ -260,7 +264,9 @@ std::string CheckpointWriter::commit() {
         }
         Slice s = e.contains("flat") ? Slice::range(e["flat"][0], e["flat"][1])
                                      : Slice::box(e["offset"].get<Shape>(), e["count"].get<Shape>());
-        t.shards.push_back({m.files[static_cast<std::size_t>(r)], e["dataset"], std::move(s)});
+        std::uint64_t sum = 0;
+        DG_CHECK(parse_checksum(e["checksum"].get<std::string>(), sum), "checksum {}", e["checksum"].dump());
+        t.shards.push_back({m.files[static_cast<std::size_t>(r)], e["dataset"], std::move(s), sum});
       }
       for (const auto& [name, v] : part["sections"].items()) {
         if (m.sections.contains(name) && m.sections[name] != v)

@@ -2,7 +2,10 @@
 
 #include <filesystem>
 #include <fstream>
+#include <limits>
+#include <sstream>
 
+#include "io/strict_json.h"
 #include "layers/error.h"
 
 namespace dg {
@@ -10,73 +13,39 @@ namespace dg {
 namespace {
 
 using nlohmann::json;
+constexpr int kMaxInt = std::numeric_limits<int>::max();
 
-struct Reader {
-  const json& obj;
-  std::string where;  // "config.json: text_config"
-
-  template <class T>
-  T get(const char* key, T fallback) const {
-    auto it = obj.find(key);
-    if (it == obj.end() || it->is_null()) return fallback;
-    return as<T>(*it, key);
-  }
-  template <class T>
-  T required(const char* key) const {
-    auto it = obj.find(key);
-    if (it == obj.end() || it->is_null()) fail_config("{}: missing required key '{}'", where, key);
-    return as<T>(*it, key);
-  }
-  template <class T>
-  T as(const json& v, const char* key) const {
-    if constexpr (std::is_same_v<T, int>) {
-      if (!v.is_number_integer()) fail_config("{}: '{}' must be an integer, got {}", where, key, v.dump());
-      return v.get<int>();
-    } else if constexpr (std::is_same_v<T, double>) {
-      if (!v.is_number()) fail_config("{}: '{}' must be a number, got {}", where, key, v.dump());
-      return v.get<double>();
-    } else if constexpr (std::is_same_v<T, std::string>) {
-      if (!v.is_string()) fail_config("{}: '{}' must be a string, got {}", where, key, v.dump());
-      return v.get<std::string>();
-    } else {
-      static_assert(sizeof(T) == 0);
-    }
-  }
-};
-
-void positive(const std::string& where, const char* key, double v) {
-  if (!(v > 0)) fail_config("{}: '{}' must be positive, got {}", where, key, v);
+double positive_number(const JsonFields& f, const char* key, double fallback) {
+  const double v = f.number(key, fallback);
+  if (!(v > 0)) fail_config("{}: '{}' must be a positive number, got {}", f.file(), f.key(key), v);
+  return v;
 }
 
-RopeSpec parse_rope(const json& j, const std::string& where, RopeSpec fallback) {
-  if (!j.is_object()) fail_config("{}: must be an object", where);
-  Reader r{j, where};
-  const std::string type = r.get<std::string>("rope_type", fallback.kind == RopeSpec::Kind::Default ? "default"
-                                                                                                  : "proportional");
+RopeSpec parse_rope(const JsonFields& r, RopeSpec fallback) {
+  const std::string type = r.string("rope_type", fallback.kind == RopeSpec::Kind::Default ? "default" : "proportional");
   RopeSpec s;
   if (type == "default") s.kind = RopeSpec::Kind::Default;
   else if (type == "proportional") s.kind = RopeSpec::Kind::Proportional;
-  else fail_config("{}: rope_type '{}' is not supported (default or proportional)", where, type);
-  s.theta = r.get<double>("rope_theta", fallback.theta);
-  positive(where, "rope_theta", s.theta);
-  s.partial_rotary_factor = r.get<double>("partial_rotary_factor", s.kind == RopeSpec::Kind::Default ? 1.0 : 0.25);
+  else fail_config("{}: '{}': rope_type '{}' is not supported (default or proportional)", r.file(), r.key("rope_type"),
+                   type);
+  s.theta = positive_number(r, "rope_theta", fallback.theta);
+  s.partial_rotary_factor = r.number("partial_rotary_factor", s.kind == RopeSpec::Kind::Default ? 1.0 : 0.25);
   if (!(s.partial_rotary_factor > 0 && s.partial_rotary_factor <= 1))
-    fail_config("{}: partial_rotary_factor must be in (0, 1], got {}", where, s.partial_rotary_factor);
-  if (auto f = j.find("factor"); f != j.end() && !f->is_null() && f->get<double>() != 1.0)
-    fail_config("{}: rope 'factor' {} is not supported (only 1)", where, f->dump());
+    fail_config("{}: '{}' must be in (0, 1], got {}", r.file(), r.key("partial_rotary_factor"), s.partial_rotary_factor);
+  if (const double factor = r.number("factor", 1.0); factor != 1.0)
+    fail_config("{}: '{}': rope 'factor' {} is not supported (only 1)", r.file(), r.key("factor"), factor);
   return s;
 }
 
-std::vector<int> int_or_list(const json& v, const std::string& where, const char* key) {
+// A token id or a list of them (eos_token_id).
+std::vector<int> int_or_list(const JsonFields& f, const char* key) {
   std::vector<int> out;
-  if (v.is_number_integer()) out.push_back(v.get<int>());
-  else if (v.is_array()) {
-    for (const json& e : v) {
-      if (!e.is_number_integer()) fail_config("{}: '{}' must hold integers, got {}", where, key, v.dump());
-      out.push_back(e.get<int>());
-    }
+  const json& v = *f.find(key);
+  if (v.is_array()) {
+    for (std::size_t i = 0; i < v.size(); ++i)
+      out.push_back(json_integer_as<int>(v[i], f.file(), fmt::format("{}[{}]", f.key(key), i), 0, kMaxInt));
   } else {
-    fail_config("{}: '{}' must be an integer or a list of integers, got {}", where, key, v.dump());
+    out.push_back(json_integer_as<int>(v, f.file(), f.key(key), 0, kMaxInt));
   }
   return out;
 }
@@ -85,69 +54,63 @@ std::vector<int> int_or_list(const json& v, const std::string& where, const char
 
 ModelConfig parse_model_config(const json& top, const std::string& where) {
   if (!top.is_object()) fail_config("{}: the configuration must be a JSON object", where);
-  const std::string model_type = top.value("model_type", std::string());
-  const bool nested = top.contains("text_config");
+  const JsonFields r(top, where);
+  const std::string model_type = r.string("model_type", "");
+  const bool nested = r.has("text_config");
   if (!nested && model_type != "diffusion_gemma_text")
     fail_config("{}: not a DiffusionGemma config (model_type '{}', no text_config)", where, model_type);
   if (nested && !model_type.empty() && model_type != "diffusion_gemma")
     fail_config("{}: model_type '{}' is not diffusion_gemma", where, model_type);
-  const json& tj = nested ? top.at("text_config") : top;
+  const JsonFields t = nested ? r.object("text_config") : r;
   const std::string tw = nested ? where + ": text_config" : where;
-  if (!tj.is_object()) fail_config("{}: must be an object", tw);
-  Reader t{tj, tw};
 
   ModelConfig c;
-  c.vocab_size = t.get("vocab_size", c.vocab_size);
-  c.hidden_size = t.get("hidden_size", c.hidden_size);
-  c.intermediate_size = t.get("intermediate_size", c.intermediate_size);
-  c.num_layers = t.get("num_hidden_layers", c.num_layers);
-  c.num_heads = t.get("num_attention_heads", c.num_heads);
-  c.num_kv_heads = t.get("num_key_value_heads", c.num_kv_heads);
-  c.head_dim = t.get("head_dim", c.head_dim);
-  c.global_head_dim = t.get("global_head_dim", c.global_head_dim);
-  c.num_global_kv_heads = t.get("num_global_key_value_heads", c.num_kv_heads);
-  c.num_experts = t.required<int>("num_experts");
-  c.top_k = t.required<int>("top_k_experts");
-  c.moe_intermediate_size = t.required<int>("moe_intermediate_size");
-  c.sliding_window = t.get("sliding_window", c.sliding_window);
-  c.rms_norm_eps = t.get("rms_norm_eps", c.rms_norm_eps);
-  c.final_logit_softcapping = t.get("final_logit_softcapping", c.final_logit_softcapping);
-  c.pad_token_id = t.get("pad_token_id", c.pad_token_id);
-  c.bos_token_id = t.get("bos_token_id", c.bos_token_id);
-  if (auto e = tj.find("eos_token_id"); e != tj.end() && !e->is_null()) c.eos_token_ids = int_or_list(*e, tw, "eos_token_id");
+  auto size = [&](const char* key, int fallback) { return t.integer<int>(key, fallback, 1, kMaxInt); };
+  c.vocab_size = size("vocab_size", c.vocab_size);
+  c.hidden_size = size("hidden_size", c.hidden_size);
+  c.intermediate_size = size("intermediate_size", c.intermediate_size);
+  c.num_layers = size("num_hidden_layers", c.num_layers);
+  c.num_heads = size("num_attention_heads", c.num_heads);
+  c.num_kv_heads = size("num_key_value_heads", c.num_kv_heads);
+  c.head_dim = size("head_dim", c.head_dim);
+  c.global_head_dim = size("global_head_dim", c.global_head_dim);
+  c.num_global_kv_heads = size("num_global_key_value_heads", c.num_kv_heads);
+  c.num_experts = t.required_integer<int>("num_experts", 1, kMaxInt);
+  c.top_k = t.required_integer<int>("top_k_experts", 1, kMaxInt);
+  c.moe_intermediate_size = t.required_integer<int>("moe_intermediate_size", 1, kMaxInt);
+  c.sliding_window = size("sliding_window", c.sliding_window);
+  c.rms_norm_eps = positive_number(t, "rms_norm_eps", c.rms_norm_eps);
+  c.final_logit_softcapping = positive_number(t, "final_logit_softcapping", c.final_logit_softcapping);
+  c.pad_token_id = t.integer<int>("pad_token_id", c.pad_token_id, 0, kMaxInt);
+  c.bos_token_id = t.integer<int>("bos_token_id", c.bos_token_id, 0, kMaxInt);
+  if (t.has("eos_token_id")) c.eos_token_ids = int_or_list(t, "eos_token_id");
   if (nested) {
-    Reader r{top, where};
-    c.canvas_length = r.get("canvas_length", c.canvas_length);
-    if (auto e = top.find("eos_token_id"); e != top.end() && !e->is_null())
-      c.eos_token_ids = int_or_list(*e, where, "eos_token_id");
+    c.canvas_length = r.integer<int>("canvas_length", c.canvas_length, 1, kMaxInt);
+    if (r.has("eos_token_id")) c.eos_token_ids = int_or_list(r, "eos_token_id");
   }
-  if (tj.value("hidden_activation", std::string("gelu_pytorch_tanh")) != "gelu_pytorch_tanh")
-    fail_config("{}: hidden_activation '{}' is not supported (gelu_pytorch_tanh)", tw,
-                tj.value("hidden_activation", std::string()));
-  if (tj.contains("use_bidirectional_attention") && tj["use_bidirectional_attention"] == "all")
-    fail_config("{}: use_bidirectional_attention 'all' (a non-causal text encoder) is not supported", tw);
-  if (tj.value("tie_word_embeddings", true) == false || top.value("tie_word_embeddings", true) == false)
+  if (const std::string act = t.string("hidden_activation", "gelu_pytorch_tanh"); act != "gelu_pytorch_tanh")
+    fail_config("{}: hidden_activation '{}' is not supported (gelu_pytorch_tanh)", tw, act);
+  if (const json* bi = t.find("use_bidirectional_attention")) {  // null, false, "vision" or "all"
+    if (!bi->is_string() && !bi->is_boolean())
+      fail_config("{}: '{}' must be a string or a boolean, got {}", where, t.key("use_bidirectional_attention"),
+                  bi->dump());
+    if (*bi == "all")
+      fail_config("{}: use_bidirectional_attention 'all' (a non-causal text encoder) is not supported", tw);
+  }
+  const bool tied_text = t.boolean("tie_word_embeddings", true);
+  const bool tied_top = nested ? r.boolean("tie_word_embeddings", true) : true;
+  if (!tied_text || !tied_top)
     fail_config("{}: tie_word_embeddings false is not supported (the LM head is the embedding)", where);
 
-  for (auto [key, v] : {std::pair{"vocab_size", c.vocab_size}, {"hidden_size", c.hidden_size},
-                        {"intermediate_size", c.intermediate_size}, {"num_hidden_layers", c.num_layers},
-                        {"num_attention_heads", c.num_heads}, {"num_key_value_heads", c.num_kv_heads},
-                        {"head_dim", c.head_dim}, {"global_head_dim", c.global_head_dim},
-                        {"num_global_key_value_heads", c.num_global_kv_heads}, {"num_experts", c.num_experts},
-                        {"top_k_experts", c.top_k}, {"moe_intermediate_size", c.moe_intermediate_size},
-                        {"sliding_window", c.sliding_window}, {"canvas_length", c.canvas_length}})
-    positive(tw, key, v);
-  positive(tw, "rms_norm_eps", c.rms_norm_eps);
-  positive(tw, "final_logit_softcapping", c.final_logit_softcapping);
   if (c.top_k > c.num_experts)
     fail_config("{}: top_k_experts {} exceeds num_experts {}", tw, c.top_k, c.num_experts);
 
   // layer_types: given, or the 5:1 sliding/full pattern.
-  if (auto lt = tj.find("layer_types"); lt != tj.end() && !lt->is_null()) {
+  if (const json* lt = t.find("layer_types")) {
     if (!lt->is_array() || static_cast<int>(lt->size()) != c.num_layers)
       fail_config("{}: 'layer_types' must list num_hidden_layers = {} entries", tw, c.num_layers);
-    for (const json& e : *lt) {
-      const std::string s = e.is_string() ? e.get<std::string>() : e.dump();
+    for (std::size_t i = 0; i < lt->size(); ++i) {
+      const std::string s = json_string((*lt)[i], where, fmt::format("{}[{}]", t.key("layer_types"), i));
       if (s == "sliding_attention") c.layer_types.push_back(LayerType::Sliding);
       else if (s == "full_attention") c.layer_types.push_back(LayerType::Full);
       else fail_config("{}: 'layer_types' entry {} is neither sliding_attention nor full_attention", tw, s);
@@ -160,18 +123,15 @@ ModelConfig parse_model_config(const json& top, const std::string& where) {
   if (c.layer_types.back() != LayerType::Full)
     fail_config("{}: 'layer_types' must end with full_attention (the reference forces it)", tw);
 
-  if (auto rp = tj.find("rope_parameters"); rp != tj.end() && !rp->is_null()) {
-    if (!rp->is_object()) fail_config("{}: 'rope_parameters' must be an object keyed by layer type", tw);
-    if (rp->contains("sliding_attention"))
-      c.rope_sliding = parse_rope(rp->at("sliding_attention"), tw + ": rope_parameters.sliding_attention", c.rope_sliding);
-    if (rp->contains("full_attention"))
-      c.rope_full = parse_rope(rp->at("full_attention"), tw + ": rope_parameters.full_attention", c.rope_full);
+  if (t.has("rope_parameters")) {  // keyed by layer type
+    const JsonFields rp = t.object("rope_parameters");
+    if (rp.has("sliding_attention")) c.rope_sliding = parse_rope(rp.object("sliding_attention"), c.rope_sliding);
+    if (rp.has("full_attention")) c.rope_full = parse_rope(rp.object("full_attention"), c.rope_full);
   }
 
   // Older revision: full layers take global_head_dim / num_global_key_value_heads. Newer revision:
   // per_layer_config lists the overrides and every layer not listed keeps head_dim / num_key_value_heads.
-  const auto per_layer = tj.find("per_layer_config");
-  const bool has_per_layer = per_layer != tj.end() && !per_layer->is_null();
+  const bool has_per_layer = t.has("per_layer_config");
   for (int i = 0; i < c.num_layers; ++i) {
     LayerSpec s;
     s.type = c.layer_types[static_cast<std::size_t>(i)];
@@ -184,9 +144,8 @@ ModelConfig parse_model_config(const json& top, const std::string& where) {
     c.layers.push_back(s);
   }
   if (has_per_layer) {  // {"<layer>": {"head_dim": .., "num_key_value_heads": ..}}
-    const auto pl = per_layer;
-    if (!pl->is_object()) fail_config("{}: 'per_layer_config' must be an object keyed by layer index", tw);
-    for (const auto& [k, v] : pl->items()) {
+    const JsonFields pl = t.object("per_layer_config");
+    for (const auto& [k, v] : pl.value().items()) {
       int idx = -1;
       try {
         std::size_t used = 0;
@@ -196,12 +155,10 @@ ModelConfig parse_model_config(const json& top, const std::string& where) {
       }
       if (idx < 0 || idx >= c.num_layers)
         fail_config("{}: per_layer_config key '{}' is not a layer index below {}", tw, k, c.num_layers);
-      const std::string lw = fmt::format("{}: per_layer_config.{}", tw, k);
-      if (!v.is_object()) fail_config("{}: must be an object", lw);
-      Reader r{v, lw};
+      const JsonFields lf = pl.object(k);
       LayerSpec& s = c.layers[static_cast<std::size_t>(idx)];
-      s.head_dim = r.get("head_dim", s.head_dim);
-      s.num_kv_heads = r.get("num_key_value_heads", s.num_kv_heads);
+      s.head_dim = lf.integer<int>("head_dim", s.head_dim, 1, kMaxInt);
+      s.num_kv_heads = lf.integer<int>("num_key_value_heads", s.num_kv_heads, 1, kMaxInt);
     }
   }
   for (int i = 0; i < c.num_layers; ++i) {
@@ -218,15 +175,22 @@ ModelConfig parse_model_config(const json& top, const std::string& where) {
 ModelConfig load_model_config(const std::string& path) {
   namespace fs = std::filesystem;
   const std::string file = fs::is_directory(path) ? (fs::path(path) / "config.json").string() : path;
-  std::ifstream in(file);
+  std::ifstream in(file, std::ios::binary);
   if (!in) fail_config("cannot read model config {}", file);
-  json j;
-  try {
-    j = json::parse(in);
-  } catch (const json::exception& e) {
-    fail_config("{}: invalid JSON: {}", file, e.what());
-  }
-  return parse_model_config(j, file);
+  std::stringstream text;
+  text << in.rdbuf();
+  return parse_model_config(parse_json_strict(text.str(), file), file);
+}
+
+void check_generation_config(const json& j, const std::string& file) {
+  const JsonFields g(j, file);
+  g.integer<int>("max_new_tokens", 1, 1, kMaxInt);
+  g.integer<int>("max_denoising_steps", 1, 1, kMaxInt);
+  g.integer<int>("stability_threshold", 0, 0, kMaxInt);
+  for (const char* key : {"t_min", "t_max", "confidence_threshold"}) g.number(key, 0);
+  for (const char* key : {"pad_token_id", "bos_token_id"}) g.integer<int>(key, 0, 0, kMaxInt);
+  if (g.has("eos_token_id")) int_or_list(g, "eos_token_id");
+  if (g.has("sampler_config")) g.object("sampler_config").number("entropy_bound", 0);
 }
 
 }  // namespace dg

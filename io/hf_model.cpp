@@ -3,11 +3,14 @@
 #include <filesystem>
 #include <cstring>
 #include <fstream>
+#include <sstream>
 #include <unordered_map>
 
 #include "io/hf_config.h"
 #include "io/hf_names.h"
+#include "io/data_check.h"
 #include "io/safetensors.h"
+#include "io/strict_json.h"
 
 namespace dg {
 
@@ -26,13 +29,13 @@ void copy_transposed(const Tensor& src, Tensor& dst) {
 }  // namespace
 
 nlohmann::json read_json_file(const std::string& path) {
-  std::ifstream in(path);
+  std::ifstream in(path, std::ios::binary);
   if (!in) fail_config("cannot read {}", path);
-  try {
-    return nlohmann::json::parse(in);
-  } catch (const nlohmann::json::exception& e) {
-    fail_config("{}: invalid JSON: {}", path, e.what());
-  }
+  std::stringstream text;
+  text << in.rdbuf();
+  nlohmann::json j = parse_json_strict(text.str(), path);
+  if (std::filesystem::path(path).filename() == "generation_config.json") check_generation_config(j, path);
+  return j;
 }
 
 struct HfTensorReader::Impl {
@@ -93,8 +96,19 @@ void HfTensorReader::read(const std::string& native, std::int64_t begin, std::in
   auto* raw = static_cast<std::byte*>(t.raw());
   // f32 copy of `n` stored elements starting at element `at`.
   auto to_f32 = [&](std::int64_t at, Shape shape) { return Tensor::view_of(raw + at * static_cast<std::int64_t>(es), std::move(shape), t.dtype()).to(DType::F32); };
+  // Weights are for compute: a NaN or Inf is refused here, naming the element in the stored (HF) order.
+  auto check_finite = [&](const float* v, std::int64_t n, auto&& hf_index) {
+    const NonFinite bad = find_non_finite(v, DType::F32, n);
+    if (bad)
+      fail_config("{}: tensor '{}': non-finite value {} at element {} (row-major, as stored); model weights must be "
+                  "finite",
+                  impl_->files.file_of(src.hf).path(), src.hf, bad.first_value, hf_index(bad.first));
+  };
   if (!src.transposed) {
-    if (end > begin) std::memcpy(dst, to_f32(begin, {end - begin}).raw(), static_cast<std::size_t>(end - begin) * sizeof(float));
+    if (end > begin) {
+      std::memcpy(dst, to_f32(begin, {end - begin}).raw(), static_cast<std::size_t>(end - begin) * sizeof(float));
+      check_finite(dst, end - begin, [&](std::int64_t i) { return begin + i; });
+    }
     return;
   }
   // Native [.., a, b] is HF [.., b, a] transposed: one matrix (an expert) at a time.
@@ -105,6 +119,10 @@ void HfTensorReader::read(const std::string& native, std::int64_t begin, std::in
     copy_transposed(hf, nat);
     const std::int64_t lo = std::max(begin, z * mat), hi = std::min(end, (z + 1) * mat);
     std::memcpy(dst + (lo - begin), nat.data<float>() + (lo - z * mat), static_cast<std::size_t>(hi - lo) * sizeof(float));
+    check_finite(dst + (lo - begin), hi - lo, [&](std::int64_t i) {  // native [.., a, b] -> HF [.., b, a]
+      const std::int64_t k = lo - z * mat + i;
+      return z * mat + (k % b) * a + k / b;
+    });
   }
 }
 

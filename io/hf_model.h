@@ -24,6 +24,7 @@ class HfTensorReader {
   HfTensorReader(HfTensorReader&&) noexcept;
   ~HfTensorReader();
   // dst[0 .. end-begin) = elements [begin, end) of the native tensor `native` (shape from the config).
+  // A NaN or Inf among them is a ConfigError naming the safetensors file, the tensor and the element.
   void read(const std::string& native, std::int64_t begin, std::int64_t end, float* dst) const;
   const std::vector<std::string>& carried() const;  // HF names
 
@@ -32,7 +33,8 @@ class HfTensorReader {
   std::unique_ptr<Impl> impl_;
 };
 
-// A JSON file, ConfigError naming the file when it is missing or malformed.
+// A JSON file (strict parsing, io/strict_json.h), ConfigError naming the file when it is missing or
+// malformed; a generation_config.json is also type-checked (check_generation_config, io/hf_config.h).
 nlohmann::json read_json_file(const std::string& path);
 
 }  // namespace dg

@@ -270,9 +270,8 @@ json SftCursor::state() const {
 
 void SftCursor::restore(const json& st) {
   const auto int_field = [&](const char* key) -> std::int64_t {
-    if (!st.is_object() || !st.contains(key) || !st[key].is_number_integer())
-      fail_config("data cursor state: no integer '{}'", key);
-    return st[key].get<std::int64_t>();
+    if (!st.is_object() || !st.contains(key)) fail_config("data cursor state: no integer '{}'", key);
+    return json_integer(st[key], "data cursor state", key, 0, std::numeric_limits<std::int64_t>::max());
   };
   const std::int64_t epoch = int_field("epoch"), position = int_field("position"), n = int_field("num_examples");
   if (!st.contains("seed") ||

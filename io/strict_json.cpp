@@ -112,6 +112,86 @@ std::string json_key_path(const std::vector<std::string>& keys) {
   return out;
 }
 
+namespace {
+
+std::string shown(const json& v) {  // the value as the user wrote it, cut short
+  std::string s = v.dump();
+  return s.size() > 80 ? s.substr(0, 77) + "..." : s;
+}
+
+}  // namespace
+
+std::int64_t json_integer(const json& v, const std::string& file, const std::string& key, std::int64_t lo,
+                          std::int64_t hi) {
+  bool ok = false;
+  std::int64_t x = 0;
+  if (v.is_number_unsigned()) {  // nlohmann keeps non-negative integers unsigned (up to 2^64 - 1)
+    const std::uint64_t u = v.get<std::uint64_t>();
+    ok = hi >= 0 && u <= static_cast<std::uint64_t>(hi);
+    x = ok ? static_cast<std::int64_t>(u) : 0;
+    ok = ok && x >= lo;
+  } else if (v.is_number_integer()) {
+    x = v.get<std::int64_t>();
+    ok = x >= lo && x <= hi;
+  }
+  if (!ok) fail_config("{}: '{}' must be an integer in [{}, {}], got {}", file, key, lo, hi, shown(v));
+  return x;
+}
+
+double json_number(const json& v, const std::string& file, const std::string& key) {
+  if (!v.is_number()) fail_config("{}: '{}' must be a number, got {}", file, key, shown(v));
+  return v.get<double>();
+}
+
+bool json_boolean(const json& v, const std::string& file, const std::string& key) {
+  if (!v.is_boolean()) fail_config("{}: '{}' must be a boolean, got {}", file, key, shown(v));
+  return v.get<bool>();
+}
+
+std::string json_string(const json& v, const std::string& file, const std::string& key) {
+  if (!v.is_string()) fail_config("{}: '{}' must be a string, got {}", file, key, shown(v));
+  return v.get<std::string>();
+}
+
+JsonFields::JsonFields(const json& obj, std::string file_name, std::string key_path)
+    : obj_(obj), file_(std::move(file_name)), path_(std::move(key_path)) {
+  if (!obj_.is_object())
+    fail_config("{}: {} must be a JSON object, got {}", file_, path_.empty() ? "the file" : "'" + path_ + "'",
+                shown(obj_));
+}
+
+std::string JsonFields::key(std::string_view name) const {
+  return path_.empty() ? std::string(name) : path_ + "." + std::string(name);
+}
+
+const json* JsonFields::find(std::string_view name) const {
+  const auto it = obj_.find(std::string(name));
+  return it == obj_.end() || it->is_null() ? nullptr : &*it;
+}
+
+const json& JsonFields::required(std::string_view name) const {
+  const json* v = find(name);
+  if (!v) fail_config("{}: missing required key '{}'", file_, key(name));
+  return *v;
+}
+
+double JsonFields::number(std::string_view name, double fallback) const {
+  const json* v = find(name);
+  return v ? json_number(*v, file_, key(name)) : fallback;
+}
+
+bool JsonFields::boolean(std::string_view name, bool fallback) const {
+  const json* v = find(name);
+  return v ? json_boolean(*v, file_, key(name)) : fallback;
+}
+
+std::string JsonFields::string(std::string_view name, const std::string& fallback) const {
+  const json* v = find(name);
+  return v ? json_string(*v, file_, key(name)) : fallback;
+}
+
+JsonFields JsonFields::object(std::string_view name) const { return JsonFields(required(name), file_, key(name)); }
+
 nlohmann::json parse_json_strict(std::string_view text, const std::string& what) {
   if (const auto nul = text.find('\0'); nul != std::string_view::npos)
     fail_config("{}: invalid JSON: NUL byte at offset {}", what, nul);

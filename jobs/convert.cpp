@@ -10,6 +10,8 @@
 //                       the index, configs and tokenizer files by rank 0, all into OUT.tmp, renamed to OUT
 //                       when every rank is done.
 // HF -> H5 -> HF reproduces the original safetensors bytes (same tensors, dtypes, layout and shard size).
+// Reading the checkpoint verifies every shard against its manifest checksum (a corrupt rank file is exit 2,
+// naming it and the tensor); NaN / Inf weights are copied as they are both ways, with a warning naming them.
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -17,6 +19,7 @@
 #include "jobs/log.h"
 #include "io/atomic_file.h"
 #include "io/checkpoint.h"
+#include "io/data_check.h"
 #include "io/hf_config.h"
 #include "io/hf_model.h"
 #include "io/hf_names.h"
@@ -79,6 +82,15 @@ struct Progress {
     }
   }
 };
+
+// A warning from whichever rank finds it (log::warn speaks for rank 0 only; here each rank reads its own
+// tensors).
+template <class... Args>
+void warn_any_rank(const Comm& world, fmt::format_string<Args...> f, Args&&... args) {
+  fmt::print(stderr, "[{}] warning{}: {}\n", log::timestamp(),
+             world.rank() > 0 ? fmt::format(" (rank {})", world.rank()) : "", fmt::format(f, std::forward<Args>(args)...));
+  std::fflush(stderr);
+}
 
 void finish_report(Comm& world, const Progress& p, const std::string& what) {
   std::int64_t mine[2] = {static_cast<std::int64_t>(p.bytes), static_cast<std::int64_t>(p.tensors)}, all[2] = {0, 0};
@@ -154,6 +166,11 @@ int hf_to_h5(JobContext& ctx, const std::string& in, const std::string& out) {
     const std::span<const std::byte> src = files.bytes(items[i].hf);
     const Shape shape = items[i].name.transposed ? swapped(e.shape) : e.shape;
     const std::byte* data = src.data();
+    // Non-finite weights are copied as they are (the conversion is lossless) but named: loading them for
+    // compute (generate, sft) refuses them.
+    if (const NonFinite bad = find_non_finite(src.data(), *e.type, e.numel()))
+      warn_any_rank(world, "convert: {}: tensor '{}': non-finite value {} at element {} ({} non-finite in all); copied "
+                    "as is", files.file_of(items[i].hf).path(), items[i].hf, bad.first_value, bad.first, bad.count);
     if (items[i].name.transposed) {
       buf.resize(src.size());
       transpose_bytes(src.data(), e.shape, dtype_size(*e.type), buf.data());
@@ -251,7 +268,10 @@ int export_checkpoint_to_hf(Comm& world, const std::string& in, const std::strin
     SafetensorsWriter writer((tmp / plan.files[f]).string(), plan.tensors[f]);
     for (const TensorSpec& s : plan.tensors[f]) {
       const Item& it = items[by_name.at(s.name)];
-      Tensor t = reader.read(it.key, Slice::whole(reader.tensor(it.key).shape));
+      Tensor t = reader.read(it.key, Slice::whole(reader.tensor(it.key).shape));  // checksum-verified
+      if (const NonFinite bad = find_non_finite(t.raw(), t.dtype(), t.numel()))
+        warn_any_rank(world, "convert: checkpoint tensor '{}': non-finite value {} at element {} ({} non-finite in all); "
+                      "copied as is", it.key, bad.first_value, bad.first, bad.count);
       if (it.written != it.stored) t = t.to(it.written);
       const std::size_t es = dtype_size(it.written), nbytes = static_cast<std::size_t>(t.numel()) * es;
       if (it.name.transposed) {

@@ -30,6 +30,8 @@
 #include "io/chat_template.h"
 #include "jobs/model_load.h"
 #include "io/tokenizer.h"
+#include "jobs/device_choice.h"
+#include "layers/ops.h"
 #include "jobs/jobs.h"
 #include "layers/generation.h"
 #include "parallel/comm.h"
@@ -40,6 +42,7 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 
 void generate_options(po::options_description& d) {
+  add_device_option(d);
   d.add_options()
       ("model", po::value<std::string>()->value_name("DIR"), "HF model directory (config, weights, tokenizer)")
       ("tokenizer", po::value<std::string>()->value_name("DIR"), "tokenizer.json location (default: --model)")
@@ -232,7 +235,14 @@ int generate_run(JobContext& ctx) {
   if (vm["batch-size"].as<int>() < 0) fail_config("generate: --batch-size must be >= 0");
 
   Comm& world = *ctx.rt.world;
-  const HfModel m = load_hf_model(vm["model"].as<std::string>());
+  const Device device = resolve_device(ctx, "generate", /*cuda_path_ready=*/false);
+  log::info("generate: device {}", device_name(device));
+  // A request's result must not depend on its batch mates or the rank count: fixed-row-tile GEMMs.
+  set_batch_invariant(true);
+  HfModel m = load_hf_model(vm["model"].as<std::string>());
+  // Strict-device mode: the weights live "on the device" (every ModelWeights member, so that every view
+  // of it, e.g. the gate/up row views of mlp_gate_up, is guarded inside a batch's model path).
+  for (const ParamSpec& p : model_params(m.config)) p.slot(m.weights).mark_device_resident();
   const Tokenizer tok = Tokenizer::load(vm.count("tokenizer") ? vm["tokenizer"].as<std::string>() : vm["model"].as<std::string>());
   if (tok.vocab_size() > m.config.vocab_size)
     fail_config("tokenizer {} has {} tokens but the model's vocabulary is {}", tok.path(), tok.vocab_size(), m.config.vocab_size);
@@ -298,7 +308,7 @@ int generate_run(JobContext& ctx) {
     for (std::size_t i = b0; i < b1; ++i)
       reqs.push_back({work[i].ids, static_cast<std::uint64_t>(work[i].r->index), work[i].r->max_new_tokens});
     const std::int64_t passes_before = passes;
-    const auto results = generate(m.config, m.weights, reqs, g, [&](std::int64_t p) {
+    const GenerationProgress on_progress = [&](std::int64_t p) {
       passes = passes_before + p;
       const auto now = Clock::now();
       if (std::chrono::duration<double>(now - last).count() >= every) {
@@ -308,7 +318,20 @@ int generate_run(JobContext& ctx) {
         log::info("generate: rank 0 {}/{} prompts, {:.1f} tokens/s, {:.1f} forwards/s, ETA {:.0f} s", done, work.size(),
                   tokens / s, passes / s, rate > 0 ? (work.size() - done) / rate : 0.0);
       }
-    });
+    };
+    reset_host_reads();
+    std::vector<GenerationResult> results;
+    {
+      ModelPathScope in_batch;  // strict-device mode: from here on the model's tensors are "on the device"
+      results = generate(m.config, m.weights, reqs, g, on_progress);
+    }
+    if (strict_device_mode() && world.rank() == 0) {
+      std::string reads;
+      for (const auto& [name, n] : host_reads()) reads += fmt::format(" {}={}", name, n);
+      log::info("generate: strict-device mode: host reads per batch: batch {} ({} requests, {} decoder steps):{}",
+                b0 / static_cast<std::size_t>(batch) + 1, b1 - b0, (passes - passes_before) / static_cast<std::int64_t>(b1 - b0),
+                reads);
+    }
     for (std::size_t i = b0; i < b1; ++i) {
       const Request& r = *work[i].r;
       const GenerationResult& res = results[i - b0];

@@ -1,7 +1,6 @@
 #include "layers/generation.h"
 
 #include <algorithm>
-#include <numeric>
 
 #include "layers/ops.h"
 #include "layers/random.h"
@@ -29,26 +28,44 @@ bool is_eos(const GenerationConfig& g, std::int32_t id) {
 }  // namespace
 
 std::vector<bool> entropy_bound_accept(const float* entropy, std::int64_t C, double gamma) {
-  std::vector<std::int64_t> order(static_cast<std::size_t>(C));
-  std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(), [&](std::int64_t a, std::int64_t b) { return entropy[a] < entropy[b]; });
-  std::vector<bool> accepted(static_cast<std::size_t>(C), false);
-  float cs = 0;
-  for (std::int64_t j : order) {
-    cs += entropy[j];
-    if (cs - entropy[j] <= static_cast<float>(gamma)) accepted[static_cast<std::size_t>(j)] = true;
-  }
+  // The op on host memory (the views are not device-resident: this is the host reference).
+  const Tensor e = Tensor::view_of(const_cast<float*>(entropy), {1, C}, DType::F32);
+  Tensor acc = Tensor::host_empty({1, C}, DType::I32);
+  entropy_bound_accept_rows(e, gamma, acc);
+  std::vector<bool> accepted(static_cast<std::size_t>(C));
+  for (std::int64_t j = 0; j < C; ++j) accepted[static_cast<std::size_t>(j)] = acc.data<std::int32_t>()[j] != 0;
   return accepted;
 }
 
+namespace {
+
+// A host-built staging tensor (a function of the requests, the seed and the step) uploaded to the
+// model's device: in strict-device mode the copy made inside the model path is device-resident.
+template <class T, class F>
+Tensor upload(Device dev, Shape shape, DType dtype, F&& value) {
+  Tensor h = Tensor::host_empty(std::move(shape), dtype);
+  T* p = h.data<T>();
+  for (std::int64_t i = 0; i < h.numel(); ++i) p[i] = value(i);
+  return h.to(dev);
+}
+
+}  // namespace
+
+// Host <-> device traffic of a batch (DESIGN.md "Runtime"): the prompts, the random canvases, the
+// uniforms and renoise tokens of every step (functions of the seed, the step and the request) and the
+// committed canvases after EOS handling go up; two named reads come back: the stop flags of every step
+// ("stop_flags", B i32: the lock-step loop ends when every row has stopped) and the argmax canvas of
+// every canvas ("canvas", B·C i32: the committed tokens, EOS handling and the results).
 std::vector<GenerationResult> generate(const ModelConfig& c, const ModelWeights& w,
                                        const std::vector<GenerationRequest>& requests, const GenerationConfig& g,
                                        const GenerationProgress& progress) {
   g.validate();
   const std::int64_t B = static_cast<std::int64_t>(requests.size()), C = c.canvas_length, H = c.hidden_size;
-  const std::int64_t V = c.vocab_size, N = g.max_denoising_steps;
+  const std::int64_t V = c.vocab_size, N = g.max_denoising_steps, M = g.stability_threshold;
   std::vector<GenerationResult> results(static_cast<std::size_t>(B));
   if (B == 0) return results;
+  const Device dev = w.embed_tokens.device();
+  auto sample_index = [&](std::int64_t b) { return requests[static_cast<std::size_t>(b)].sample_index; };
 
   // Left-pad the prompts to one length; shift positions so padding does not move a row's positions.
   std::int64_t L = 0;
@@ -56,23 +73,29 @@ std::vector<GenerationResult> generate(const ModelConfig& c, const ModelWeights&
     if (r.prompt.empty()) fail_config("generation: request {} has an empty prompt", r.sample_index);
     L = std::max<std::int64_t>(L, static_cast<std::int64_t>(r.prompt.size()));
   }
-  Tensor ids = Tensor::empty({B, L}, DType::I32), valid = Tensor::empty({B, L}, DType::I32);
-  KVCache cache;
-  cache.row_offset = Tensor::empty({B}, DType::I32);
+  std::vector<std::int64_t> pad(static_cast<std::size_t>(B));
   std::vector<int> canvases_allowed(static_cast<std::size_t>(B));
   for (std::int64_t b = 0; b < B; ++b) {
-    const auto& p = requests[static_cast<std::size_t>(b)].prompt;
-    const std::int64_t pad = L - static_cast<std::int64_t>(p.size());
-    for (std::int64_t t = 0; t < L; ++t) {
-      ids.data<std::int32_t>()[b * L + t] = t < pad ? g.pad_token_id : p[static_cast<std::size_t>(t - pad)];
-      valid.data<std::int32_t>()[b * L + t] = t < pad ? 0 : 1;
-    }
-    cache.row_offset.data<std::int32_t>()[b] = static_cast<std::int32_t>(-pad);
-    const int max_new = requests[static_cast<std::size_t>(b)].max_new_tokens > 0
-                            ? requests[static_cast<std::size_t>(b)].max_new_tokens
-                            : g.max_new_tokens;
+    const auto& req = requests[static_cast<std::size_t>(b)];
+    pad[static_cast<std::size_t>(b)] = L - static_cast<std::int64_t>(req.prompt.size());
+    for (std::size_t t = 0; t < req.prompt.size(); ++t)  // checked here: the device copy is not read back
+      if (req.prompt[t] < 0 || req.prompt[t] >= V)
+        fail("encode: token id {} at row {}, position {} is outside the vocabulary [0, {})", req.prompt[t], b,
+             pad[static_cast<std::size_t>(b)] + static_cast<std::int64_t>(t), V);
+    const int max_new = req.max_new_tokens > 0 ? req.max_new_tokens : g.max_new_tokens;
     canvases_allowed[static_cast<std::size_t>(b)] = static_cast<int>((max_new + C - 1) / C);
   }
+  auto prompt_at = [&](std::int64_t i, bool want_valid) -> std::int32_t {
+    const std::int64_t b = i / L, t = i % L, p = pad[static_cast<std::size_t>(b)];
+    if (t < p) return want_valid ? 0 : static_cast<std::int32_t>(g.pad_token_id);
+    return want_valid ? 1 : requests[static_cast<std::size_t>(b)].prompt[static_cast<std::size_t>(t - p)];
+  };
+  const Tensor ids = upload<std::int32_t>(dev, {B, L}, DType::I32, [&](std::int64_t i) { return prompt_at(i, false); });
+  const Tensor valid = upload<std::int32_t>(dev, {B, L}, DType::I32, [&](std::int64_t i) { return prompt_at(i, true); });
+  KVCache cache;
+  cache.row_offset = upload<std::int32_t>(dev, {B}, DType::I32, [&](std::int64_t b) {
+    return static_cast<std::int32_t>(-pad[static_cast<std::size_t>(b)]);
+  });
   const int n_canvases = *std::max_element(canvases_allowed.begin(), canvases_allowed.end());
   encode(c, w, ids, valid, cache);
 
@@ -80,23 +103,30 @@ std::vector<GenerationResult> generate(const ModelConfig& c, const ModelWeights&
   const LmHeadOpts head{static_cast<float>(c.final_logit_softcapping), g.vocab_chunk};
   std::vector<bool> finished(static_cast<std::size_t>(B), false);
   std::int64_t passes_total = 0;
-  Tensor committed = Tensor::empty({B, C}, DType::I32);
+  std::vector<std::int32_t> committed(static_cast<std::size_t>(B * C));  // the last committed canvas (host)
+  // Uniform tokens in [0, V) keyed by (purpose, step, request, position), row-major [B, C].
+  auto random_tokens = [&](rng::Purpose purpose, std::uint64_t step) {
+    return upload<std::int32_t>(dev, {B, C}, DType::I32, [&](std::int64_t i) {
+      return static_cast<std::int32_t>(rng::below(
+          rng::key(g.seed, purpose, step, sample_index(i / C), static_cast<std::uint64_t>(i % C)),
+          static_cast<std::uint32_t>(V)));
+    });
+  };
 
   for (int ci = 0; ci < n_canvases; ++ci) {
-    if (ci > 0) encode(c, w, committed, Tensor(), cache);  // re-encode the last committed canvas
-    Tensor x = Tensor::empty({B, C}, DType::I32), amax = Tensor::empty({B * C}, DType::I32);
-    for (std::int64_t b = 0; b < B; ++b)
-      for (std::int64_t j = 0; j < C; ++j)
-        x.data<std::int32_t>()[b * C + j] = static_cast<std::int32_t>(rng::below(
-            rng::key(g.seed, rng::Purpose::CanvasInit, static_cast<std::uint64_t>(ci),
-                     requests[static_cast<std::size_t>(b)].sample_index, static_cast<std::uint64_t>(j)),
-            static_cast<std::uint32_t>(V)));
-    std::copy_n(x.data<std::int32_t>(), B * C, amax.data<std::int32_t>());
+    if (ci > 0) {  // re-encode the last committed canvas
+      const Tensor last = upload<std::int32_t>(dev, {B, C}, DType::I32,
+                                               [&](std::int64_t i) { return committed[static_cast<std::size_t>(i)]; });
+      encode(c, w, last, Tensor(), cache);
+    }
+    Tensor x = random_tokens(rng::Purpose::CanvasInit, static_cast<std::uint64_t>(ci));
+    Tensor amax = x.clone();
     Tensor soft;  // self-conditioning input, reset for every canvas
-    std::vector<bool> done(static_cast<std::size_t>(B), false);
-    // Stability history: the last m argmax canvases per row (initialised to -1: never equal).
-    std::vector<std::vector<std::int32_t>> history(
-        static_cast<std::size_t>(B * g.stability_threshold), std::vector<std::int32_t>(static_cast<std::size_t>(C), -1));
+    std::vector<bool> done(static_cast<std::size_t>(B), false);  // host copy of done_dev after each step
+    Tensor done_dev = Tensor::zeros({B}, DType::I32, dev);
+    // Stability history: the last M argmax canvases per row (initialised to -1: never equal).
+    Tensor history = Tensor::empty({B, M, C}, DType::I32, dev);
+    fill_(history, -1);
 
     for (std::int64_t s = N; s >= 1; --s) {
       const std::uint64_t step = static_cast<std::uint64_t>(ci) * static_cast<std::uint64_t>(N) +
@@ -107,50 +137,30 @@ std::vector<GenerationResult> generate(const ModelConfig& c, const ModelWeights&
       const Tensor hidden = decode_soft(c, w, x, soft, cache).reshape({B * C, H});
       const float temperature = static_cast<float>(g.t_min) +
                                 static_cast<float>(g.t_max - g.t_min) * static_cast<float>(s) / static_cast<float>(N);
-      Tensor entropy = Tensor::empty({B * C}, DType::F32), step_amax = Tensor::empty({B * C}, DType::I32),
-             lse = Tensor::empty({B * C}, DType::F32), uniforms = Tensor::empty({B * C}, DType::F32),
-             sampled = Tensor::empty({B * C}, DType::I32);
+      Tensor entropy = Tensor::empty({B * C}, DType::F32, dev), step_amax = Tensor::empty({B * C}, DType::I32, dev),
+             lse = Tensor::empty({B * C}, DType::F32, dev), sampled = Tensor::empty({B * C}, DType::I32, dev);
       lm_head_entropy_argmax(hidden, w.embed_tokens, temperature, entropy, step_amax, &lse, head);
-      for (std::int64_t b = 0; b < B; ++b)
-        for (std::int64_t j = 0; j < C; ++j)
-          uniforms.data<float>()[b * C + j] =
-              rng::uniform(rng::key(g.seed, rng::Purpose::Sample, step, requests[static_cast<std::size_t>(b)].sample_index,
-                                    static_cast<std::uint64_t>(j)));
+      const Tensor uniforms = upload<float>(dev, {B * C}, DType::F32, [&](std::int64_t i) {
+        return rng::uniform(rng::key(g.seed, rng::Purpose::Sample, step, sample_index(i / C), static_cast<std::uint64_t>(i % C)));
+      });
       lm_head_sample(hidden, w.embed_tokens, temperature, lse, uniforms, sampled, head);
-      Tensor next_soft = Tensor::empty({B * C, H}, DType::F32);
+      Tensor next_soft = Tensor::empty({B * C, H}, DType::F32, dev);
       lm_head_soft_embedding(hidden, w.embed_tokens, temperature, scale, next_soft, head);
 
-      for (std::int64_t b = 0; b < B; ++b) {
-        const std::size_t bs = static_cast<std::size_t>(b);
-        if (done[bs]) {  // frozen: keep x, argmax and the self-conditioning input of this row
-          if (soft.defined()) std::copy_n(soft.data<float>() + b * C * H, C * H, next_soft.data<float>() + b * C * H);
-          continue;
-        }
-        const float* ent = entropy.data<float>() + b * C;
-        const std::vector<bool> acc = entropy_bound_accept(ent, C, g.entropy_bound);
-        for (std::int64_t j = 0; j < C; ++j) {
-          std::int32_t& xj = x.data<std::int32_t>()[b * C + j];
-          xj = acc[static_cast<std::size_t>(j)]
-                   ? sampled.data<std::int32_t>()[b * C + j]
-                   : static_cast<std::int32_t>(rng::below(rng::key(g.seed, rng::Purpose::Renoise, step,
-                                                                   requests[bs].sample_index, static_cast<std::uint64_t>(j)),
-                                                          static_cast<std::uint32_t>(V)));
-        }
-        const std::int32_t* cur = step_amax.data<std::int32_t>() + b * C;
-        std::copy_n(cur, C, amax.data<std::int32_t>() + b * C);
-        bool stable = true;
-        for (int m = 0; m < g.stability_threshold; ++m)
-          stable = stable && std::equal(cur, cur + C, history[bs * static_cast<std::size_t>(g.stability_threshold) + static_cast<std::size_t>(m)].begin());
-        if (g.stability_threshold > 0) {
-          auto first = history.begin() + static_cast<std::ptrdiff_t>(bs * static_cast<std::size_t>(g.stability_threshold));
-          std::rotate(first, first + 1, first + g.stability_threshold);
-          std::copy_n(cur, C, (first + g.stability_threshold - 1)->begin());
-        }
-        double mean_entropy = 0;
-        for (std::int64_t j = 0; j < C; ++j) mean_entropy += ent[j];
-        mean_entropy /= static_cast<double>(C);
-        if (stable && mean_entropy < g.confidence_threshold) done[bs] = true;
-      }
+      // Frozen rows keep x, argmax and the self-conditioning input (a device copy per frozen row).
+      if (soft.defined())
+        for (std::int64_t b = 0; b < B; ++b)
+          if (done[static_cast<std::size_t>(b)])
+            next_soft.rows(b * C, (b + 1) * C).copy_from(soft.reshape({B * C, H}).rows(b * C, (b + 1) * C));
+      Tensor accepted = Tensor::empty({B, C}, DType::I32, dev);
+      entropy_bound_accept_rows(entropy.reshape({B, C}), g.entropy_bound, accepted);
+      const Tensor renoise = random_tokens(rng::Purpose::Renoise, step);
+      Tensor amax2 = amax.reshape({B, C});
+      denoise_update(x, amax2, history, done_dev, accepted, sampled.reshape({B, C}), renoise, step_amax.reshape({B, C}),
+                     entropy.reshape({B, C}), g.confidence_threshold);
+      const Tensor flags = read_to_host(done_dev, "stop_flags");
+      for (std::int64_t b = 0; b < B; ++b) done[static_cast<std::size_t>(b)] = flags.data<std::int32_t>()[b] != 0;
+
       soft = next_soft.reshape({B, C, H});
       passes_total += B;
       if (progress) progress(passes_total);
@@ -159,11 +169,13 @@ std::vector<GenerationResult> generate(const ModelConfig& c, const ModelWeights&
       if (all) break;
     }
 
-    // Commit the argmax canvas; EOS and pad handling (model.md §7.7).
+    // Commit the argmax canvas; EOS and pad handling (model.md §7.7), on the host copy.
+    const Tensor canvas = read_to_host(amax, "canvas");
+    const std::int32_t* top = canvas.data<std::int32_t>();
     for (std::int64_t b = 0; b < B; ++b) {
       const std::size_t bs = static_cast<std::size_t>(b);
-      std::int32_t* out = committed.data<std::int32_t>() + b * C;
-      std::copy_n(amax.data<std::int32_t>() + b * C, C, out);
+      std::int32_t* out = committed.data() + b * C;
+      std::copy_n(top + b * C, C, out);
       GenerationResult& r = results[bs];
       if (finished[bs]) {
         std::fill(out, out + C, static_cast<std::int32_t>(g.pad_token_id));

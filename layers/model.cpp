@@ -1,7 +1,7 @@
 // Weights layout and the encode / decode forward passes (spec/model.md §3.4-§6).
 #include "layers/model.h"
 
-#include <cstring>
+#include <algorithm>
 
 #include "layers/layer.h"
 #include "layers/ops.h"
@@ -127,21 +127,15 @@ Tensor norm(const Tensor& x, const Tensor* weight, float eps) {
   return layer::norm(x, weight, eps, rstd);
 }
 
-// [B, T0, n, d] ++ [B, T1, n, d] along the sequence, keeping only the last `keep` tokens (keep < 0: all).
+// [B, T0, n, d] ++ [B, T1, n, d] along the sequence, keeping only the last `keep` tokens (keep < 0: all):
+// the KV-cache append, on the device (concat_tokens).
 Tensor concat_seq(const Tensor& a, const Tensor& b, std::int64_t keep) {
-  const std::int64_t B = b.size(0), T0 = a.defined() && a.numel() ? a.size(1) : 0, T1 = b.size(1);
-  const std::int64_t row = b.numel() / std::max<std::int64_t>(B * T1, 1);  // elements per token
-  const std::int64_t total = T0 + T1, kept = keep < 0 ? total : std::min(total, keep), skip = total - kept;
+  const std::int64_t T0 = a.defined() && a.numel() ? a.size(1) : 0, T1 = b.size(1);
+  const std::int64_t total = T0 + T1, kept = keep < 0 ? total : std::min(total, keep);
   Shape s = b.shape();
   s[1] = kept;
-  Tensor out = Tensor::empty(s, b.dtype());
-  const std::size_t es = dtype_size(b.dtype());
-  for (std::int64_t bi = 0; bi < B; ++bi)
-    for (std::int64_t t = skip; t < total; ++t) {
-      const void* src = t < T0 ? static_cast<const char*>(a.raw()) + ((bi * T0 + t) * row) * es
-                               : static_cast<const char*>(b.raw()) + ((bi * T1 + t - T0) * row) * es;
-      std::memcpy(static_cast<char*>(out.raw()) + ((bi * kept + t - skip) * row) * es, src, row * es);
-    }
+  Tensor out = Tensor::empty(s, b.dtype(), b.device());
+  concat_tokens(a, b, out);
   return out;
 }
 
@@ -158,21 +152,18 @@ AttnIO run_layer(const ModelConfig& c, int li, const LayerWeights& l, Tensor& x,
   return {scratch.k, scratch.v};
 }
 
-Tensor positions_for(std::int64_t B, std::int64_t S, const KVCache& cache) {
+// Positions [B·S] of S new tokens after the cache's, shifted per row by cache.row_offset (on the device).
+Tensor positions_for(std::int64_t B, std::int64_t S, const KVCache& cache, Device device) {
   const bool shifted = cache.row_offset.defined() && cache.row_offset.numel() > 0;
   DG_CHECK(!shifted || cache.row_offset.numel() == B, "row_offset {} for batch {}", cache.row_offset.describe(), B);
-  Tensor p = Tensor::empty({B * S}, DType::I32);
-  for (std::int64_t b = 0; b < B; ++b) {
-    const std::int64_t start = cache.length + (shifted ? cache.row_offset.data<std::int32_t>()[b] : 0);
-    for (std::int64_t t = 0; t < S; ++t)
-      p.data<std::int32_t>()[b * S + t] = static_cast<std::int32_t>(std::max<std::int64_t>(start + t, 0));
-  }
-  return p;
+  Tensor p = Tensor::empty({B, S}, DType::I32, device);
+  token_positions(cache.row_offset, cache.length, p);
+  return p.reshape({B * S});
 }
 
-Tensor ones_i32(Shape s) {
-  Tensor t = Tensor::empty(std::move(s), DType::I32);
-  for (std::int64_t i = 0; i < t.numel(); ++i) t.data<std::int32_t>()[i] = 1;
+Tensor ones_i32(Shape s, Device device) {
+  Tensor t = Tensor::empty(std::move(s), DType::I32, device);
+  fill_(t, 1);
   return t;
 }
 
@@ -183,8 +174,11 @@ Tensor keys_valid(const Tensor& cache_valid, const Tensor& own_valid) {
       .reshape({own_valid.size(0), -1});
 }
 
+// The ids' dtype and shape; their values too when they are host memory (a device-resident or device
+// tensor is not read back: the embedding op checks every id it looks up and names a bad one).
 void check_ids(const ModelConfig& c, const Tensor& ids, const char* what) {
   DG_CHECK(ids.dtype() == DType::I32 && ids.ndim() == 2, "{} must be i32 [B, S], got {}", what, ids.describe());
+  if (!ids.is_cpu() || ids.device_resident()) return;
   for (std::int64_t i = 0; i < ids.numel(); ++i) {
     const std::int32_t id = ids.data<std::int32_t>()[i];
     if (id < 0 || id >= c.vocab_size)
@@ -220,12 +214,12 @@ EncodeOut encode(const ModelConfig& c, const ModelWeights& w, const Tensor& ids,
     cache.batch = B;
   }
   DG_CHECK(cache.batch == B, "encode: batch {} does not match the cache's {}", B, cache.batch);
-  const Tensor own_valid = valid.defined() && valid.numel() ? valid : ones_i32({B, S});
+  const Tensor own_valid = valid.defined() && valid.numel() ? valid : ones_i32({B, S}, ids.device());
   DG_CHECK(own_valid.shape() == ids.shape(), "encode: valid {} vs ids {}", own_valid.describe(), ids.describe());
 
   Tensor x = f32({B, S, H});
   embedding(ids, w.embed_tokens, embed_scale(H, w.embed_tokens.dtype()), x);
-  const Tensor pos = positions_for(B, S, cache);
+  const Tensor pos = positions_for(B, S, cache, ids.device());
   RopeTables rope_sliding, rope_full;
   EncodeOut out;
   for (int i = 0; i < c.num_layers; ++i) {
@@ -236,7 +230,7 @@ EncodeOut encode(const ModelConfig& c, const ModelWeights& w, const Tensor& ids,
     AttnOpts opts;
     opts.mask = {AttnMaskKind::Causal, s.window, 0};
     const bool has_cache = kv.k.defined() && kv.k.numel() > 0;
-    opts.key_valid = keys_valid(has_cache ? kv.valid : Tensor::empty({B, 0}, DType::I32), own_valid);
+    opts.key_valid = keys_valid(has_cache ? kv.valid : Tensor::empty({B, 0}, DType::I32, ids.device()), own_valid);
     const AttnIO io = run_layer(c, i, w.layers[static_cast<std::size_t>(i)], x, rt, has_cache ? kv.k : Tensor(),
                                     has_cache ? kv.v : Tensor(), opts,
                                     w.layers[static_cast<std::size_t>(i)].encoder_layer_scalar);
@@ -283,9 +277,9 @@ Tensor decode_soft(const ModelConfig& c, const ModelWeights& w, const Tensor& ca
   }
   Tensor x = norm(e, nullptr, eps).reshape({B, C, H});
 
-  const Tensor pos = positions_for(B, C, cache);
+  const Tensor pos = positions_for(B, C, cache, canvas.device());
   RopeTables rope_sliding, rope_full;
-  const Tensor canvas_valid = ones_i32({B, C});
+  const Tensor canvas_valid = ones_i32({B, C}, canvas.device());
   for (int i = 0; i < c.num_layers; ++i) {
     const LayerSpec& s = c.layer(i);
     RopeTables& rt = s.type == LayerType::Full ? rope_full : rope_sliding;

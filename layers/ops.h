@@ -30,6 +30,15 @@ void require_cpu(const char* op, std::initializer_list<const Tensor*> tensors);
 bool any_on_cuda(std::initializer_list<const Tensor*> tensors);
 void require_cuda(const char* op, std::initializer_list<const Tensor*> tensors);
 
+// ---- Batch invariance ----------------------------------------------------------------------------
+// On: every CPU GEMM whose rows are independent (A not transposed) runs one BLAS call per row on aligned
+// copies, so a row's result does not depend on how many rows share the call or where: a request's
+// generation does not depend on its batch mates or the rank count.
+// (The attention forward also aligns its query tiles to each row's first valid token.) Generation
+// switches it on; it is slower than OpenBLAS (docs/runtime.md gives the cost).
+void set_batch_invariant(bool on);
+bool batch_invariant();
+
 // ---- GEMM ----------------------------------------------------------------------------------------
 // Row-major C = alpha * op(A) @ op(B) + beta * C, where op(X) = X^T when trans_x.
 //   A: [M, K] ([K, M] if trans_a), or batched [batch, ...]
@@ -77,3 +86,4 @@ void convert(const Tensor& src, Tensor& dst);
 #include "layers/ops/moe.h"
 #include "layers/ops/head.h"
 #include "layers/ops/elementwise.h"
+#include "layers/ops/decoding.h"

@@ -3,6 +3,7 @@
 #include <doctest/doctest.h>
 
 #include "io/hf_config.h"
+#include "io/strict_json.h"
 #include "layers/error.h"
 
 using namespace dg;
@@ -89,7 +90,7 @@ TEST_CASE("missing, mistyped and inconsistent keys are errors naming the key and
   expect_error(j, "num_experts");
   j = tiny_per_layer();
   j["text_config"]["hidden_size"] = "32";
-  expect_error(j, "'hidden_size' must be an integer");
+  expect_error(j, "'text_config.hidden_size' must be an integer");
   j = tiny_per_layer();
   j["text_config"]["top_k_experts"] = 5;
   expect_error(j, "top_k_experts 5 exceeds num_experts 4");
@@ -140,4 +141,120 @@ TEST_CASE("the config.json that HF save_pretrained wrote for the fixture model")
   CHECK(c.layer(5).num_kv_heads == 1);
   CHECK_FALSE(c.layer(5).has_v_proj);
   CHECK(c.layer(5).rope_angles() == 4);  // int(0.25 * 32 // 2)
+}
+
+TEST_CASE("integers are range-checked into their type, never narrowed; wrong types name the key and the type") {
+  auto expect_error = [](const json& j, const std::string& needle) {
+    CHECK_THROWS_WITH_AS(parse_model_config(j, "m/config.json"), doctest::Contains(("m/config.json: " + needle).c_str()),
+                         ConfigError);
+  };
+  json j = tiny_per_layer();
+  j["text_config"]["vocab_size"] = 4294969344ull;  // 2^32 + 2048: was read as 2048
+  expect_error(j, "'text_config.vocab_size' must be an integer in [1, 2147483647], got 4294969344");
+  j = tiny_per_layer();
+  j["text_config"]["hidden_size"] = -1;
+  expect_error(j, "'text_config.hidden_size' must be an integer in [1, 2147483647], got -1");
+  j = tiny_per_layer();
+  j["text_config"]["num_experts"] = json::parse("1e3");  // a float, even with an integral value
+  expect_error(j, "'text_config.num_experts' must be an integer in [1, 2147483647], got 1000.0");
+  j = tiny_per_layer();
+  j["text_config"]["num_experts"] = 18446744073709551615ull;
+  expect_error(j, "'text_config.num_experts' must be an integer in [1, 2147483647], got 18446744073709551615");
+  j = tiny_per_layer();
+  j["canvas_length"] = -4294967280ll;  // would wrap to 16
+  expect_error(j, "'canvas_length' must be an integer in [1, 2147483647]");
+  j = tiny_per_layer();
+  j["text_config"]["per_layer_config"]["1"]["head_dim"] = 4294967312ull;  // would wrap to 16
+  expect_error(j, "'text_config.per_layer_config.1.head_dim' must be an integer in [1, 2147483647]");
+  j = tiny_per_layer();
+  j["eos_token_id"] = {1, 4294967297ull};  // would wrap to 1
+  expect_error(j, "'eos_token_id[1]' must be an integer in [0, 2147483647], got 4294967297");
+  j = tiny_per_layer();
+  j["text_config"]["pad_token_id"] = -1;
+  expect_error(j, "'text_config.pad_token_id' must be an integer in [0, 2147483647], got -1");
+
+  j = tiny_per_layer();
+  j["model_type"] = 5;
+  expect_error(j, "'model_type' must be a string, got 5");
+  j = tiny_per_layer();
+  j["tie_word_embeddings"] = "no";
+  expect_error(j, "'tie_word_embeddings' must be a boolean, got \"no\"");
+  j = tiny_per_layer();
+  j["text_config"]["tie_word_embeddings"] = 0;
+  expect_error(j, "'text_config.tie_word_embeddings' must be a boolean, got 0");
+  j = tiny_per_layer();
+  j["text_config"]["rope_parameters"] = {{"full_attention", {{"rope_theta", "1e6"}}}};
+  expect_error(j, "'text_config.rope_parameters.full_attention.rope_theta' must be a number, got \"1e6\"");
+  j = tiny_per_layer();
+  j["text_config"]["rope_parameters"] = {{"sliding_attention", {{"rope_type", 1}}}};
+  expect_error(j, "'text_config.rope_parameters.sliding_attention.rope_type' must be a string, got 1");
+  j = tiny_per_layer();
+  j["text_config"]["rope_parameters"] = {{"sliding_attention", 10000.0}};
+  expect_error(j, "'text_config.rope_parameters.sliding_attention' must be a JSON object, got 10000.0");
+  j = tiny_per_layer();
+  j["text_config"]["hidden_activation"] = json::array();
+  expect_error(j, "'text_config.hidden_activation' must be a string, got []");
+  j = tiny_per_layer();
+  j["text_config"]["use_bidirectional_attention"] = 3;
+  expect_error(j, "'text_config.use_bidirectional_attention' must be a string or a boolean, got 3");
+  j = tiny_per_layer();
+  j["text_config"]["rms_norm_eps"] = "1e-6";
+  expect_error(j, "'text_config.rms_norm_eps' must be a number, got \"1e-6\"");
+  j = tiny_per_layer();
+  j["text_config"]["layer_types"][1] = 7;
+  expect_error(j, "'text_config.layer_types[1]' must be a string, got 7");
+  j = tiny_per_layer();
+  j["text_config"] = "none";
+  expect_error(j, "'text_config' must be a JSON object");
+  // Null keys take the defaults; the largest int is accepted.
+  j = tiny_per_layer();
+  j["text_config"]["sliding_window"] = nullptr;
+  j["text_config"]["vocab_size"] = 2147483647;
+  const ModelConfig c = parse_model_config(j, "m/config.json");
+  CHECK(c.sliding_window == 512);
+  CHECK(c.vocab_size == 2147483647);
+}
+
+TEST_CASE("generation_config.json: every key dgemma reads is type- and range-checked") {
+  const json good = json::parse(R"({"max_new_tokens": 256, "max_denoising_steps": 48, "t_min": 0.4, "t_max": 1,
+      "stability_threshold": 0, "confidence_threshold": 0.005, "pad_token_id": 0, "bos_token_id": 2,
+      "eos_token_id": [1, 106], "sampler_config": {"entropy_bound": 0.1, "_cls_name": "X"},
+      "return_dict_in_generate": true, "transformers_version": "5.23.0"})");
+  CHECK_NOTHROW(check_generation_config(good, "g/generation_config.json"));
+  CHECK_NOTHROW(check_generation_config(json::parse(R"({"max_new_tokens": null, "sampler_config": null})"), "g"));
+  auto expect_error = [&](const char* key, json value, const std::string& needle) {
+    json j = good;
+    j[key] = std::move(value);
+    CHECK_THROWS_WITH_AS(check_generation_config(j, "g/generation_config.json"),
+                         doctest::Contains(("g/generation_config.json: " + needle).c_str()), ConfigError);
+  };
+  expect_error("max_new_tokens", "256", "'max_new_tokens' must be an integer in [1, 2147483647], got \"256\"");
+  expect_error("max_new_tokens", 4294967552ull, "'max_new_tokens' must be an integer in [1, 2147483647], got 4294967552");
+  expect_error("max_denoising_steps", 0, "'max_denoising_steps' must be an integer in [1, 2147483647], got 0");
+  expect_error("max_denoising_steps", 4.5, "'max_denoising_steps' must be an integer");
+  expect_error("stability_threshold", -1, "'stability_threshold' must be an integer in [0, 2147483647], got -1");
+  expect_error("t_min", "0.4", "'t_min' must be a number, got \"0.4\"");
+  expect_error("confidence_threshold", true, "'confidence_threshold' must be a number, got true");
+  expect_error("pad_token_id", 2147483648ll, "'pad_token_id' must be an integer in [0, 2147483647], got 2147483648");
+  expect_error("eos_token_id", {1, "2"}, "'eos_token_id[1]' must be an integer in [0, 2147483647], got \"2\"");
+  expect_error("sampler_config", {{"entropy_bound", "0.1"}}, "'sampler_config.entropy_bound' must be a number");
+  expect_error("sampler_config", "entropy", "'sampler_config' must be a JSON object");
+  CHECK_THROWS_WITH_AS(check_generation_config(json::array(), "g/generation_config.json"),
+                       doctest::Contains("the file must be a JSON object"), ConfigError);
+}
+
+TEST_CASE("json_integer: exact range checks at the edges of each type") {
+  CHECK(json_integer_as<std::int32_t>(json(2147483647), "f", "k") == 2147483647);
+  CHECK(json_integer_as<std::int32_t>(json(-2147483648ll), "f", "k") == -2147483647 - 1);
+  CHECK_THROWS_WITH_AS(json_integer_as<std::int32_t>(json(2147483648ll), "f", "k"),
+                       doctest::Contains("f: 'k' must be an integer in [-2147483648, 2147483647], got 2147483648"),
+                       ConfigError);
+  CHECK_THROWS_AS(json_integer_as<std::int32_t>(json(-2147483649ll), "f", "k"), ConfigError);
+  CHECK(json_integer_as<std::int64_t>(json(9223372036854775807ull), "f", "k") == INT64_MAX);
+  CHECK_THROWS_AS(json_integer_as<std::int64_t>(json(9223372036854775808ull), "f", "k"), ConfigError);
+  CHECK(json_integer_as<std::uint32_t>(json(4294967295ull), "f", "k") == 4294967295u);
+  CHECK_THROWS_AS(json_integer_as<std::uint32_t>(json(-1), "f", "k"), ConfigError);
+  CHECK_THROWS_AS(json_integer_as<std::int64_t>(json(1.0), "f", "k"), ConfigError);
+  CHECK_THROWS_AS(json_integer_as<std::int64_t>(json(true), "f", "k"), ConfigError);
+  CHECK_THROWS_AS(json_integer_as<std::int64_t>(json(nullptr), "f", "k"), ConfigError);
 }

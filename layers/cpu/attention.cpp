@@ -8,6 +8,7 @@
 #include <cmath>
 #include <limits>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "layers/ops.h"
@@ -141,11 +142,11 @@ struct Tile {
   std::int64_t lo[2] = {0, 0}, hi[2] = {0, 0};
 };
 
-void build_tile(const AttnDims& d, const AttnOpts& o, std::int64_t b, std::int64_t first, const KeySegment seg[2],
-                Tile& t) {
+void build_tile(const AttnDims& d, const AttnOpts& o, std::int64_t b, std::int64_t first, std::int64_t rows,
+                const KeySegment seg[2], Tile& t) {
   const std::int64_t tk = d.cache_len + d.len;
   t.first = first;
-  t.rows = std::min(kTileRows, d.len - first);
+  t.rows = rows;
   t.visible.assign(static_cast<std::size_t>(t.rows * tk), 0);
   const AttnExample ex = o.examples.empty() ? AttnExample{} : o.examples[static_cast<std::size_t>(b)];
   const std::int32_t* valid = o.key_valid.defined() ? o.key_valid.data<std::int32_t>() + b * tk : nullptr;
@@ -164,6 +165,21 @@ void build_tile(const AttnDims& d, const AttnOpts& o, std::int64_t b, std::int64
       }
   for (int s = 0; s < 2; ++s)
     if (t.hi[s] <= t.lo[s]) t.lo[s] = t.hi[s] = 0;
+}
+
+// The forward's query tiles of one batch entry, {first row, rows}: aligned to the entry's first valid own
+// token (its left padding), so that a token's tile, and with it the key range of every GEMM around it,
+// does not depend on how much padding its batch mates force on it: the forward is batch-invariant.
+std::vector<std::pair<std::int64_t, std::int64_t>> query_tiles(const AttnDims& d, const AttnOpts& o, std::int64_t b) {
+  std::int64_t q0 = 0;
+  if (o.key_valid.defined()) {
+    const std::int32_t* own = o.key_valid.data<std::int32_t>() + b * (d.cache_len + d.len) + d.cache_len;
+    while (q0 < d.len && own[q0] == 0) ++q0;
+  }
+  std::vector<std::pair<std::int64_t, std::int64_t>> tiles;
+  if (q0 > 0) tiles.emplace_back(0, q0);
+  for (std::int64_t first = q0; first < d.len; first += kTileRows) tiles.emplace_back(first, std::min(kTileRows, d.len - first));
+  return tiles;
 }
 
 // scores[r, key] = scale * q[r] . k[key] for the keys in the tile's ranges (other columns untouched).
@@ -209,8 +225,8 @@ void attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& 
   KeySegment seg[2];
   for (std::int64_t b = 0; b < d.batch; ++b) {
     key_segments(d, b, k, v, k_cache, v_cache, seg);
-    for (std::int64_t first = 0; first < d.len; first += kTileRows) {
-      build_tile(d, o, b, first, seg, t);
+    for (const auto& [first, rows] : query_tiles(d, o, b)) {
+      build_tile(d, o, b, first, rows, seg, t);
       for (std::int64_t n = 0; n < d.heads; ++n) {
         const std::int64_t kv = n / group;
         const std::int64_t row0 = (b * d.len + first) * qstride + n * d.head_dim;  // q/out offset of the tile
@@ -281,7 +297,7 @@ void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const
     seg[1].dk = d_k.data<float>() + b * d.len * kstride;
     seg[1].dv = d_v.data<float>() + b * d.len * kstride;
     for (std::int64_t first = 0; first < d.len; first += kTileRows) {
-      build_tile(d, o, b, first, seg, t);
+      build_tile(d, o, b, first, std::min(kTileRows, d.len - first), seg, t);
       for (std::int64_t n = 0; n < d.heads; ++n) {
         const std::int64_t kv = n / group;
         const std::int64_t row0 = (b * d.len + first) * qstride + n * d.head_dim;

@@ -39,5 +39,55 @@ mkdir -p broken && cp "$SRC"/*.json broken/ && cp "$SRC/model.safetensors" broke
 expect 2 "broken/model.safetensors" -- "$DGEMMA" convert --from hf --to h5 --in broken --out x
 check "no output left by failed runs" test ! -e x -a ! -e x.tmp
 
+
+# Checksums (io/checkpoint.h): the manifest records one per shard; a byte flipped inside a dataset of a
+# rank file is found by every read (convert h5 -> hf) and by inspect --verify, exit 2 naming the file and
+# the tensor; the intact checkpoints verify.
+check "the manifest records a checksum per shard" grep -q '"checksum": "xxh64:[0-9a-f]\{16\}"' ck1/step_00000005/manifest.json
+expect 0 "inspect: OK" -- "$DGEMMA" inspect --path ck1 --verify --list false
+expect 0 "inspect: OK" -- "$DGEMMA" inspect --path ck2 --verify --list false
+cp -r ck1 flipped
+python3 - "$SRC/model.safetensors" flipped/step_00000005/rank_00000.h5 <<'PY'
+import json, struct, sys
+st, h5 = sys.argv[1], sys.argv[2]
+data = open(st, "rb").read()
+n = struct.unpack("<Q", data[:8])[0]
+b, e = json.loads(data[8:8 + n])["model.decoder.embed_tokens.weight"]["data_offsets"]
+tensor = data[8 + n + b:8 + n + e]  # f32, not transposed: the dataset holds these very bytes
+f = bytearray(open(h5, "rb").read())
+at = f.find(tensor)
+assert at >= 0 and f.find(tensor, at + 1) < 0, "the tensor's bytes are not in the rank file exactly once"
+f[at + len(tensor) // 2] ^= 0x10
+open(h5, "wb").write(f)
+PY
+expect 2 "flipped/step_00000005/rank_00000.h5.*'param/model.embed_tokens.weight'.*checksum" -- "$DGEMMA" convert --from h5 --to hf --in flipped --out flipped_hf
+check "no model from a corrupt checkpoint" test ! -e flipped_hf
+expect 2 "rank_00000.h5.*'param/model.embed_tokens.weight'.*checksum" -- "$DGEMMA" inspect --path flipped --verify --list false
+# A checkpoint written before checksums existed (no "checksum" fields) still converts, unverified.
+cp -r ck1 legacy && sed -i -e 's/"checksum": "xxh64:[0-9a-f]*", //' -e '/^ *"checksum": /d' legacy/step_00000005/manifest.json
+check "the legacy manifest has no checksums" test "$(grep -c checksum legacy/step_00000005/manifest.json)" = 0
+expect 0 "convert: 159 tensors" -- "$DGEMMA" convert --from h5 --to hf --in legacy --out legacy_hf
+check "a legacy checkpoint converts byte for byte" cmp -s "$SRC/model.safetensors" legacy_hf/model.safetensors
+expect 0 "no checksums" -- "$DGEMMA" inspect --path legacy --verify --list false
+
+# A NaN in a model weight: inspect is an error naming the tensor and the element (exit 2); convert copies
+# it losslessly both ways but warns naming the tensor.
+mkdir -p nan && cp "$SRC"/*.json nan/
+python3 - "$SRC/model.safetensors" nan/model.safetensors <<'PY'
+import json, struct, sys
+src, dst = sys.argv[1], sys.argv[2]
+data = bytearray(open(src, "rb").read())
+n = struct.unpack("<Q", data[:8])[0]
+b, e = json.loads(data[8:8 + n])["model.decoder.norm.weight"]["data_offsets"]
+at = 8 + n + b + 5 * 4  # element 5 (f32)
+data[at:at + 4] = struct.pack("<I", 0x7FC00000)
+open(dst, "wb").write(data)
+PY
+expect 2 "model.decoder.norm.weight: non-finite value nan at element 5" -- "$DGEMMA" inspect --path nan --list false
+expect 0 "warning: .*model.decoder.norm.weight.*non-finite value nan at element 5" -- "$DGEMMA" convert --from hf --to h5 --in nan --out nan_ck
+expect 2 "'param/model.norm.weight'.*non-finite value nan at element 5" -- "$DGEMMA" inspect --path nan_ck --verify --list false
+expect 0 "warning: .*'param/model.norm.weight'.*non-finite" -- "$DGEMMA" convert --from h5 --to hf --in nan_ck --out nan_back
+check "NaN round trip is lossless" cmp -s nan/model.safetensors nan_back/model.safetensors
+
 echo "$passed passed, $failed failed"
 [[ $failed -eq 0 ]]

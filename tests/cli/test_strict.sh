@@ -2,7 +2,9 @@
 # Strict-device mode end to end (DGEMMA_STRICT_DEVICE=1: inside a step, host access to the model's
 # tensors outside op implementations aborts): `dgemma sft` on the tiny model, 5 steps on 2 ranks with
 # expert parallelism, runs to the end in that mode and gives bit-identical metrics to the normal CPU run;
-# it reports its named host reads.
+# it reports its named host reads. `dgemma generate` on the tiny task's held-out prompts, on 1 and 2 ranks
+# and with the stopping rule firing, runs to the end in that mode and writes byte-identical results; it
+# reports its host reads per batch (the stop flags of every step, the argmax canvas of every canvas).
 # Usage: test_strict.sh /path/to/dgemma
 set -u
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -34,6 +36,25 @@ expect 0 "step +12/12" -- "${MPI[@]}" -n 2 "$DGEMMA" sft --steps 12 --warmup 1 -
 allocs=$(sed -E 's/.*"host_allocations":([0-9]+).*/\1/' alloc/metrics.jsonl | tr '\n' ' ')
 check "steady state allocates nothing (host allocations per step: $allocs)" \
   awk -v a="$allocs" 'BEGIN {n = split(a, v, " "); if (n != 12 || v[1] == 0) exit 1; for (i = 2; i <= n; i++) if (v[i] != 0) exit 1}'
+
+# generate: the tiny model with the built-in tokenizer, 6 held-out prompts in batches of 4 (2 batches).
+"$DGEMMA" init --preset tiny --out gmodel --dtype f32 --seed 5 > /dev/null || { echo "init failed"; exit 1; }
+head -6 "$HERE/../../jobs/examples/tiny-task/heldout.jsonl" > prompts.jsonl
+GEN=(generate --model gmodel --input prompts.jsonl --max-new-tokens 16 --max-denoising-steps 6 --seed 3 --token-ids
+     --batch-size 4)
+expect 0 "6 results written" -- "$DGEMMA" "${GEN[@]}" --output gen_normal.jsonl
+expect 0 "strict-device mode: host reads per batch: batch 1 \(4 requests, 12 decoder steps\): canvas=2 stop_flags=12" -- \
+  env DGEMMA_STRICT_DEVICE=1 "$DGEMMA" "${GEN[@]}" --output gen_strict.jsonl
+check "generate: strict-device run == normal run, byte for byte" cmp -s gen_normal.jsonl gen_strict.jsonl
+expect 0 "6 results written" -- env DGEMMA_STRICT_DEVICE=1 "${MPI[@]}" -n 2 "$DGEMMA" "${GEN[@]}" --output gen_strict2.jsonl
+check "generate: strict-device run on 2 ranks == normal run" cmp -s gen_normal.jsonl gen_strict2.jsonl
+# Every row stops after its first step (stability threshold 0, any entropy confident): 1 step per canvas.
+STOP=(--stability-threshold 0 --confidence-threshold 1e9)
+expect 0 "6 results written" -- "$DGEMMA" "${GEN[@]}" "${STOP[@]}" --output stop_normal.jsonl
+expect 0 "host reads per batch: batch 2 \(2 requests, 2 decoder steps\): canvas=2 stop_flags=2" -- \
+  env DGEMMA_STRICT_DEVICE=1 "$DGEMMA" "${GEN[@]}" "${STOP[@]}" --output stop_strict.jsonl
+check "generate with early stops: strict-device run == normal run" cmp -s stop_normal.jsonl stop_strict.jsonl
+check "the results carry token ids" grep -q '"token_ids":\[' gen_strict.jsonl
 
 echo "test_strict: $passed passed, $failed failed"
 [[ $failed -eq 0 ]]
