@@ -5,6 +5,7 @@
 #include <csignal>
 #include <cstdlib>
 
+#include "io/checkpoint.h"
 #include "jobs/log.h"
 #include "layers/device.h"
 
@@ -68,6 +69,7 @@ Runtime start_runtime(int* argc, char*** argv, bool use_gpu) {
 
 void finish_runtime(Runtime& rt) {
   rt.world.reset();
+  close_checkpoint_library();
   int finalized = 0;
   MPI_Finalized(&finalized);
   if (!finalized) MPI_Finalize();

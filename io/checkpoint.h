@@ -258,6 +258,10 @@ class CheckpointWriter {
   nlohmann::json sections_ = nlohmann::json::object(), rank_sections_ = nlohmann::json::object();
 };
 
+// Closes every HDF5 object still open (a file a failed write could not close) while MPI is still up: the
+// process calls it before MPI_Finalize, so HDF5's own shutdown never runs against a finalised MPI.
+void close_checkpoint_library();
+
 // ---- reading --------------------------------------------------------------------------------------------
 class CheckpointReader {
  public:

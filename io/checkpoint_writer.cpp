@@ -126,9 +126,24 @@ CheckpointWriter::CheckpointWriter(CheckpointGroup& group, std::string ckpt_dir,
   }
 }
 
+// A partial checkpoint file that could not be written (disk full) is emptied before HDF5 closes it: a
+// close whose final flush fails leaves the file half-open inside HDF5, and HDF5's own shutdown then crashes
+// on it. With its blocks freed the close can flush; the file is removed with step_N.tmp afterwards.
+void free_partial_file(const std::string& path) {
+  if (::truncate(path.c_str(), 0) != 0) {
+    // nothing more to do: the close may fail and the error is reported anyway
+  }
+}
+
+void close_checkpoint_library() {
+  ckpt::H5Quiet quiet;
+  H5close();
+}
+
 CheckpointWriter::~CheckpointWriter() {
   if (file_ >= 0) {
     ckpt::H5Quiet quiet;
+    if (!failed_.empty() || H5Fflush(file_, H5F_SCOPE_LOCAL) < 0) free_partial_file(tmp_dir_ + "/" + file_name_);
     H5Fclose(file_);
   }
 }
@@ -218,7 +233,15 @@ std::string CheckpointWriter::commit() {
     const hid_t f = file_;
     file_ = -1;
     if (f < 0) fail("checkpoint {}: rank {} has no open file", final_dir_, group_.rank());
-    if (H5Fclose(f) < 0) fail("cannot close {}/{}: {}", tmp_dir_, file_name_, ckpt::h5_error());
+    const std::string path = tmp_dir_ + "/" + file_name_;
+    if (!failed_.empty() || H5Fflush(f, H5F_SCOPE_LOCAL) < 0) {
+      const std::string why = failed_.empty() ? ckpt::h5_error() : failed_;
+      free_partial_file(path);  // so that the close below can flush what HDF5 still holds
+      H5Fclose(f);
+      fail("checkpoint {}: cannot write {} ({}): {}", final_dir_, file_name_,
+           why.find("errno = 28") != std::string::npos ? "no space left on the device" : "I/O error", why);
+    }
+    if (H5Fclose(f) < 0) fail("cannot close {}: {}", path, ckpt::h5_error());
     if (!failed_.empty()) fail("checkpoint {}: a shard could not be written on rank {}: {}", final_dir_, group_.rank(), failed_);
     fsync_file(tmp_dir_ + "/" + file_name_);
   });

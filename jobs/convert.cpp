@@ -160,7 +160,10 @@ int hf_to_h5(JobContext& ctx, const std::string& in, const std::string& out) {
   Progress prog;
   prog.total_tensors = static_cast<std::uint64_t>(std::count(owner.begin(), owner.end(), world.rank()));
   std::vector<std::byte> buf;
-  for (std::size_t i = 0; i < items.size(); ++i) {
+  // A failed write (disk full, I/O error) stops this rank's writing; the writer keeps the error and the
+  // commit below reports it on every rank together and removes the partial step_N.tmp (exit 1).
+  bool write_failed = false;
+  for (std::size_t i = 0; i < items.size() && !write_failed; ++i) {
     if (owner[i] != world.rank()) continue;
     const SafetensorsEntry& e = files.entry(items[i].hf);
     const std::span<const std::byte> src = files.bytes(items[i].hf);
@@ -176,7 +179,12 @@ int hf_to_h5(JobContext& ctx, const std::string& in, const std::string& out) {
       transpose_bytes(src.data(), e.shape, dtype_size(*e.type), buf.data());
       data = buf.data();
     }
-    writer.add(items[i].key, shape, *e.type, Slice::whole(shape), data);
+    try {
+      writer.add(items[i].key, shape, *e.type, Slice::whole(shape), data);
+    } catch (const std::exception&) {
+      write_failed = true;
+      continue;
+    }
     prog.add(e.nbytes());
   }
   const std::string done = writer.commit();

@@ -135,14 +135,19 @@ void save_checkpoint(Comm& world, const std::string& dir, std::int64_t step, con
   opts.overwrite = true;  // a resumed run may save a step again
   CommCheckpointGroup group(world);
   CheckpointWriter w(group, dir, step, opts);
-  for (const auto& unit : model.units())
-    for (const OwnedSlice& s : unit->owned()) {
-      const Slice slice = Slice::range(s.begin, s.end);
-      w.add(checkpoint_key("master", s.name), s.shape, slice, s.master);
-      if (!s.trainable) continue;
-      w.add(checkpoint_key("exp_avg", s.name), s.shape, slice, s.exp_avg);
-      w.add(checkpoint_key("exp_avg_sq", s.name), s.shape, slice, s.exp_avg_sq);
-    }
+  // A failed write (disk full, I/O error) stops this rank's writing; the writer keeps the error and
+  // commit() reports it on every rank together and removes the partial step_N.tmp (exit 1, no hang).
+  try {
+    for (const auto& unit : model.units())
+      for (const OwnedSlice& s : unit->owned()) {
+        const Slice slice = Slice::range(s.begin, s.end);
+        w.add(checkpoint_key("master", s.name), s.shape, slice, s.master);
+        if (!s.trainable) continue;
+        w.add(checkpoint_key("exp_avg", s.name), s.shape, slice, s.exp_avg);
+        w.add(checkpoint_key("exp_avg_sq", s.name), s.shape, slice, s.exp_avg_sq);
+      }
+  } catch (const std::exception&) {
+  }
   w.set_section("hf_config", run.config_json);
   w.set_section("hf_generation_config", run.generation_json);
   w.set_section("mesh", mesh.to_json());
