@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <fstream>
+#include <map>
 #include <set>
 #include <sstream>
 
@@ -47,9 +48,42 @@ std::string value_text(const boost::any& v) {
   return "<value>";
 }
 
+// boost formats an error by replacing %placeholders% in its template until none is left, which never ends
+// when the user's own text contains one (a value "%value%" hangs the job in what()): substitute once, left
+// to right, from boost's own substitution table.
+struct BoostErrorPeek : po::error_with_option_name {
+  static constexpr auto substitutions = &BoostErrorPeek::m_substitutions;  // a member of the base
+};
+
+std::string po_what(const po::error& e) {
+  const auto* named = dynamic_cast<const po::error_with_option_name*>(&e);
+  if (named == nullptr) return e.what();
+  const std::map<std::string, std::string>& subs = named->*BoostErrorPeek::substitutions;
+  const std::string& t = named->m_error_template;
+  std::string out;
+  for (std::size_t i = 0; i < t.size();) {
+    const std::size_t end = t[i] == '%' ? t.find('%', i + 1) : std::string::npos;
+    if (end != std::string::npos) {
+      const std::string name = t.substr(i + 1, end - i - 1);
+      if (name == "canonical_option") {
+        out += named->get_option_name();
+        i = end + 1;
+        continue;
+      }
+      if (auto it = subs.find(name); it != subs.end()) {
+        out += it->second;
+        i = end + 1;
+        continue;
+      }
+    }
+    out += t[i++];
+  }
+  return out;
+}
+
 // boost's own messages name the option but not the file; put the file in front.
 [[noreturn]] void rethrow_config(const std::string& file, const po::error& e) {
-  fail_config("job file {}: {}", file, e.what());
+  fail_config("job file {}: {}", file, po_what(e));
 }
 
 }  // namespace
@@ -65,7 +99,7 @@ ParsedJob parse_job_args(const Job& job, const std::vector<std::string>& args) {
     try {
       return po::command_line_parser(args).options(all).run();  // no positionals: every value is named
     } catch (const po::error& e) {
-      fail_config("dgemma {}: {} (see `dgemma {} --help`)", job.name, e.what(), job.name);
+      fail_config("dgemma {}: {} (see `dgemma {} --help`)", job.name, po_what(e), job.name);
     }
   }();
   for (const auto& o : cli.options)
@@ -77,7 +111,7 @@ ParsedJob parse_job_args(const Job& job, const std::vector<std::string>& args) {
   try {
     po::store(cli, out.vm);
   } catch (const po::error& e) {
-    fail_config("dgemma {}: {} (see `dgemma {} --help`)", job.name, e.what(), job.name);
+    fail_config("dgemma {}: {} (see `dgemma {} --help`)", job.name, po_what(e), job.name);
   }
   if (out.vm.count("help")) {
     out.help = true;
@@ -105,7 +139,7 @@ ParsedJob parse_job_args(const Job& job, const std::vector<std::string>& args) {
   try {
     po::notify(out.vm);
   } catch (const po::error& e) {
-    fail_config("dgemma {}: {}", job.name, e.what());
+    fail_config("dgemma {}: {}", job.name, po_what(e));
   }
 
   std::ostringstream r;

@@ -120,6 +120,10 @@ expect 2 "lr" -- "$DGEMMA" sft --out bad7 --lr -1
 expect 2 "micro-batch" -- "$DGEMMA" sft --out bad8 --micro-batch 0
 expect 2 "unknown|unrecognised|unrecognized" -- "$DGEMMA" sft --out bad9 --no-such-option 1
 expect 2 "config.json|model" -- "$DGEMMA" sft --out bad10 --model does-not-exist
+# A '%placeholder%' in a value or key used to hang boost's error formatting forever (found by fuzzing).
+printf 'seed = %%value%%\n[model]\n%%canonical_option%% = 1\n' >placeholder.ini
+expect 2 "argument \('%value%'\) for option 'seed' is invalid" -- timeout 20 "$DGEMMA" sft --out bad13 --config placeholder.ini
+expect 2 "argument \('%value%'\) for option '--seed' is invalid" -- timeout 20 "$DGEMMA" sft --out bad14 --seed %value%
 expect 2 "--device must be auto, cpu or cuda" -- "$DGEMMA" sft --out bad11 --device tpu
 expect 2 "--device cuda, but" -- "$DGEMMA" sft --out bad12 --device cuda
 check "failed runs left no checkpoints" test ! -e bad1/checkpoints -a ! -e bad4/checkpoints -a ! -e bad5/checkpoints
