@@ -95,10 +95,17 @@ for sig in USR1 TERM; do
 done
 expect 0 "resumed" -- "${MPI[@]}" -n 2 "$DGEMMA" sft --out mpiTERM --steps "$(($(sed 's/step //' mpiTERM/STOPPED) + 2))" --warmup 1 --micro-batch 2 --seq-len 64 --checkpoint-every 0 --export false --resume
 check "a resumed run that finishes removes the marker" test ! -e mpiTERM/STOPPED
-# A signal during start-up (before MPI and the model are up) is a stop request, not a kill (was exit 138).
+# A signal during start-up (before MPI and the model are up) is a stop request, not a kill (was exit 138):
+# the handlers are installed before anything slow, so SIGUSR1 is sent as soon as the process catches it
+# (SigCgt in /proc), long before MPI start-up and the model are done.
 "$DGEMMA" sft --out early --steps 50 --warmup 1 --micro-batch 2 --seq-len 64 --checkpoint-every 0 >early.log 2>&1 &
 pid=$!
-sleep 0.02
+deadline=$((SECONDS + 30)); caught=0
+while ((SECONDS < deadline)); do
+  cgt=$(awk '/^SigCgt/ {print $2}' "/proc/$pid/status" 2>/dev/null)
+  if [[ -n $cgt ]] && (( (0x$cgt >> 9) & 1 )); then caught=1; break; fi
+done
+check "SIGUSR1 handler installed during start-up" test "$caught" -eq 1
 kill -USR1 "$pid"
 wait "$pid"; rc=$?
 check "SIGUSR1 at start-up -> exit 42 after the first step's checkpoint (got $rc)" test "$rc" -eq 42
@@ -121,8 +128,10 @@ expect 2 "micro-batch" -- "$DGEMMA" sft --out bad8 --micro-batch 0
 expect 2 "unknown|unrecognised|unrecognized" -- "$DGEMMA" sft --out bad9 --no-such-option 1
 expect 2 "config.json|model" -- "$DGEMMA" sft --out bad10 --model does-not-exist
 # A '%placeholder%' in a value or key used to hang boost's error formatting forever (found by fuzzing).
-printf 'seed = %%value%%\n[model]\n%%canonical_option%% = 1\n' >placeholder.ini
+printf 'seed = %%value%%\n' >placeholder.ini
+printf '[model]\n%%canonical_option%% = 1\n' >placeholder2.ini
 expect 2 "argument \('%value%'\) for option 'seed' is invalid" -- timeout 20 "$DGEMMA" sft --out bad13 --config placeholder.ini
+expect 2 "unrecognised option 'model.%canonical_option%'" -- timeout 20 "$DGEMMA" sft --out bad15 --config placeholder2.ini
 expect 2 "argument \('%value%'\) for option '--seed' is invalid" -- timeout 20 "$DGEMMA" sft --out bad14 --seed %value%
 expect 2 "--device must be auto, cpu or cuda" -- "$DGEMMA" sft --out bad11 --device tpu
 expect 2 "--device cuda, but" -- "$DGEMMA" sft --out bad12 --device cuda
