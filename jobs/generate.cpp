@@ -2,22 +2,32 @@
 //
 // Input (JSONL, one request per line): the OpenAI batch form {"custom_id", "body": {"messages": [...],
 // "max_tokens" | "max_completion_tokens"}} or the plain form {"id", "prompt": "text" | "messages": [...],
-// "max_tokens"}; either form may carry "reference": "expected text" (held-out evaluation). Blank lines are skipped; a malformed line, a duplicate id or an unsupported message is
-// reported with its line number and either skipped (--on-error skip, the default; an error record is
-// written for it when it has an id) or fatal (--on-error fail, checked before any generation).
+// "max_tokens"}; either form may carry "reference": "expected text" (held-out evaluation). Blank lines are
+// skipped; a malformed line (invalid JSON or UTF-8, not an object, a key given twice, a bad field value:
+// integers are checked, never narrowed), a duplicate id or an unsupported message is reported with its
+// line number and either skipped (--on-error skip, the default; it gets an error record) or fatal
+// (--on-error fail, checked before any generation).
 //
-// Output (JSONL, one line per request, in input order): {"id" | "custom_id", "text", "finish_reason",
-// "prompt_tokens", "completion_tokens", "canvases", "denoising_steps", "tokens_per_forward",
-// ["token_ids"], ["reference", "exact_match"]}, or {"id", "error": {"line", "message"}}. When any request
-// has a reference, the summary line reports the exact-match accuracy (text and reference compared after
-// trimming surrounding whitespace).
+// Output (JSONL, one line per non-blank input line, in input order): {"id" | "custom_id", "text",
+// "finish_reason", "prompt_tokens", "completion_tokens", "canvases", "denoising_steps",
+// "tokens_per_forward", ["token_ids"], ["reference", "exact_match"]}, or {"id", "error": {"line",
+// "message"}} with "id": null for a line without a readable id. When any request has a reference, the
+// summary line reports the exact-match accuracy (text and reference compared after trimming surrounding
+// whitespace).
 //
 // Work split: request i goes to rank i % size (so every rank holds the model and works alone); each rank
 // sorts its requests by prompt length, runs them in batches, and appends finished records to
-// OUT.parts/rank_<r>.jsonl (flushed per batch). At the end rank 0 merges the parts in input order into
-// OUT.tmp and renames it to OUT. --resume reads the parts left by an interrupted run (any number of ranks)
-// and skips the ids already done. Randomness is keyed by the request's line index, so a request gives
-// the same text whatever the batch, rank count or resume history.
+// OUT.parts/rank_<r>.jsonl (flushed per batch). At the end rank 0 checks that the parts hold exactly one
+// record per request (a missing or extra record is an error, exit 1, the parts kept), merges them in input
+// order into OUT.tmp and renames it to OUT. SIGUSR1/SIGTERM stop the run at a batch boundary (all ranks
+// agree) with exit 42, the parts kept. --resume reads the parts left by an interrupted run (any number of
+// ranks): rank 0 first cuts off what an interrupted write left (a last line without its end, a line that
+// is not a JSON record) and records written twice, then the ids already done are skipped. Randomness is
+// keyed by the request's line index, so a request gives the same text whatever the batch, rank count or
+// resume history.
+#include <fmt/ranges.h>
+
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -27,6 +37,8 @@
 
 #include "jobs/log.h"
 #include "io/atomic_file.h"
+#include "io/strict_json.h"
+#include "jobs/exit_codes.h"
 #include "io/chat_template.h"
 #include "jobs/model_load.h"
 #include "io/tokenizer.h"
@@ -89,6 +101,45 @@ std::string trim(const std::string& s) {
 
 std::string id_text(const json& id) { return id.is_string() ? id.get<std::string>() : id.dump(); }
 
+// One JSON line out: invalid UTF-8 (which no record should hold) becomes U+FFFD instead of throwing.
+std::string dump_line(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
+
+// Text that may hold invalid UTF-8 (a parser's message quoting the bytes it read) made valid UTF-8.
+std::string valid_utf8(const std::string& s) { return json::parse(dump_line(json(s))).get<std::string>(); }
+
+// Most tokens one request may ask for (max_tokens and friends).
+constexpr std::int64_t kMaxRequestTokens = std::int64_t{1} << 20;
+
+// A token count from a request body: a JSON integer in [1, kMaxRequestTokens], never narrowed (4294967304
+// is not 8) nor converted ("12", 12.0 and true are type errors). `key` names the field in messages.
+int request_tokens(const json& v, const std::string& key) {
+  std::string shown = dump_line(v);
+  if (shown.size() > 40) shown = shown.substr(0, 37) + "...";
+  if (!v.is_number_integer()) {
+    const char* kind = v.is_string() ? "a string" : v.is_number_float() ? "a float" : v.is_boolean() ? "a boolean"
+                       : v.is_array() ? "an array" : v.is_object() ? "an object" : v.type_name();
+    throw std::runtime_error(fmt::format("'{}' must be an integer, got {}: {}", key, kind, shown));
+  }
+  const bool in_range = v.is_number_unsigned()
+                            ? v.get<std::uint64_t>() >= 1 && v.get<std::uint64_t>() <= std::uint64_t{kMaxRequestTokens}
+                            : v.get<std::int64_t>() >= 1 && v.get<std::int64_t>() <= kMaxRequestTokens;
+  if (!in_range) throw std::runtime_error(fmt::format("'{}' must be an integer in [1, {}], got {}", key, kMaxRequestTokens, shown));
+  return static_cast<int>(v.get<std::int64_t>());
+}
+
+// A request line through the strict parser (a key given twice, a NUL byte or invalid UTF-8 is an error);
+// the message without the parser's "<what>: " prefix (the caller names the file and line).
+json parse_request_line(const std::string& text) {
+  static const std::string what = "request";
+  try {
+    return parse_json_strict(text, what);
+  } catch (const ConfigError& e) {
+    std::string m = e.what();
+    if (m.rfind(what + ": ", 0) == 0) m.erase(0, what.size() + 2);
+    throw std::runtime_error(m);
+  }
+}
+
 std::vector<ChatMessage> parse_messages(const json& m) {
   if (!m.is_array() || m.empty()) throw std::runtime_error("'messages' must be a non-empty array");
   std::vector<ChatMessage> out;
@@ -114,20 +165,26 @@ std::vector<Request> read_requests(const std::string& path, bool fail_on_error) 
     r.line = line;
     r.index = static_cast<std::int64_t>(out.size());
     try {
-      const json j = json::parse(text);
+      const json j = parse_request_line(text);
       if (!j.is_object()) throw std::runtime_error("a line must be a JSON object");
       const json* body = &j;
+      std::string field_prefix;  // where the body's fields are, for messages
+      json id;
       if (j.contains("custom_id")) {
         r.openai = true;
-        r.id = j["custom_id"];
-        if (!j.contains("body") || !j["body"].is_object()) throw std::runtime_error("OpenAI batch line without 'body'");
-        body = &j["body"];
+        id = j["custom_id"];
       } else if (j.contains("id")) {
-        r.id = j["id"];
+        id = j["id"];
       } else {
         throw std::runtime_error("no 'id' (or 'custom_id')");
       }
-      if (!r.id.is_string() && !r.id.is_number_integer()) throw std::runtime_error("the id must be a string or an integer");
+      if (!id.is_string() && !id.is_number_integer()) throw std::runtime_error("the id must be a string or an integer");
+      r.id = std::move(id);  // from here on an error record carries the id
+      if (r.openai) {
+        if (!j.contains("body") || !j["body"].is_object()) throw std::runtime_error("OpenAI batch line without 'body'");
+        body = &j["body"];
+        field_prefix = "body.";
+      }
       if (auto it = seen.find(id_text(r.id)); it != seen.end())
         throw std::runtime_error(fmt::format("duplicate id {} (first on line {})", id_text(r.id), it->second));
       seen.emplace(id_text(r.id), line);
@@ -140,14 +197,12 @@ std::vector<Request> read_requests(const std::string& path, bool fail_on_error) 
           if (!(*src)["reference"].is_string()) throw std::runtime_error("'reference' must be a string");
           r.reference = (*src)["reference"].get<std::string>();
         }
-      for (const char* k : {"max_tokens", "max_completion_tokens", "max_new_tokens"})
-        if (body->contains(k)) {
-          if (!(*body)[k].is_number_integer() || (*body)[k].get<int>() <= 0)
-            throw std::runtime_error(fmt::format("'{}' must be a positive integer", k));
-          r.max_new_tokens = (*body)[k].get<int>();
-        }
+      for (const char* k : {"max_tokens", "max_completion_tokens", "max_new_tokens"})  // null: not set
+        if (const auto it = body->find(k); it != body->end() && !it->is_null())
+          r.max_new_tokens = request_tokens(*it, field_prefix + k);
     } catch (const std::exception& e) {
-      r.error = e.what();
+      r.error = valid_utf8(e.what());
+      r.messages.clear();
       if (fail_on_error) fail_config("{}:{}: {}", path, line, r.error);
       log::warn("{}:{}: {} (skipped)", path, line, r.error);
     }
@@ -156,24 +211,184 @@ std::vector<Request> read_requests(const std::string& path, bool fail_on_error) 
   return out;
 }
 
-// Records already written by an interrupted run, by request index (the position in the input file).
-std::map<std::int64_t, json> read_parts(const fs::path& parts) {
-  std::map<std::int64_t, json> done;
-  if (!fs::is_directory(parts)) return done;
-  for (const auto& f : fs::directory_iterator(parts)) {
-    std::ifstream in(f.path());
-    std::string text;
-    while (std::getline(in, text)) {
-      try {  // a line cut by a crash is simply redone
-        json j = json::parse(text);
-        if (!j.contains("_index") || !j["_index"].is_number_integer()) continue;
-        const std::int64_t index = j["_index"].get<std::int64_t>();
-        done[index] = std::move(j);  // (index first: the right side of = is evaluated before the left)
-      } catch (const json::exception&) {
-      }
+// The partial outputs (OUT.parts/*.jsonl), line by line. A line is a record when it is complete (ends
+// with '\n') and is a JSON object with an integer "_index" (the request's position in the input).
+struct PartLine {
+  std::int64_t number = 0;           // 1-based line number in its file
+  std::size_t offset = 0, size = 0;  // its bytes in the file, '\n' included
+  bool complete = false;
+  std::int64_t index = -1;           // the record's "_index"
+  std::optional<json> record;
+};
+struct PartFile {
+  fs::path path;
+  std::string bytes;
+  std::vector<PartLine> lines;
+};
+
+std::vector<PartFile> scan_parts(const fs::path& parts) {
+  std::vector<PartFile> files;
+  if (!fs::is_directory(parts)) return files;
+  for (const auto& e : fs::directory_iterator(parts))  // (not the .tmp of an unfinished rewrite)
+    if (e.is_regular_file() && e.path().extension() == ".jsonl") files.push_back({e.path(), {}, {}});
+  std::sort(files.begin(), files.end(), [](const PartFile& a, const PartFile& b) { return a.path < b.path; });
+  for (PartFile& f : files) {
+    std::ifstream in(f.path, std::ios::binary);
+    f.bytes.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+    if (!in && !in.eof()) fail("cannot read {}", f.path.string());
+    for (std::size_t at = 0; at < f.bytes.size();) {
+      PartLine l;
+      const std::size_t end = f.bytes.find('\n', at);
+      l.number = static_cast<std::int64_t>(f.lines.size()) + 1;
+      l.offset = at;
+      l.complete = end != std::string::npos;
+      l.size = (l.complete ? end + 1 : f.bytes.size()) - at;
+      if (l.complete) try {
+          json j = json::parse(std::string_view(f.bytes).substr(at, end - at));
+          if (j.is_object() && j.contains("_index") && j["_index"].is_number_integer()) {
+            l.index = j["_index"].get<std::int64_t>();
+            l.record = std::move(j);
+          }
+        } catch (const json::exception&) {
+        }
+      at += l.size;
+      f.lines.push_back(std::move(l));
     }
   }
+  return files;
+}
+
+// "in.jsonl:12 (id abc)", for messages about a request.
+std::string describe(const Request& r, const std::string& input) {
+  return r.id.is_null() ? fmt::format("{}:{} (no id)", input, r.line) : fmt::format("{}:{} (id {})", input, r.line, id_text(r.id));
+}
+
+// The id a record carries ("custom_id" for an OpenAI-form result, "id" otherwise; null for a line that had
+// none), and whether the record is the one of request r: its id, and for a request without an id its line.
+json record_id(const json& rec) {
+  if (rec.contains("custom_id")) return rec["custom_id"];
+  return rec.contains("id") ? rec["id"] : json();
+}
+bool is_record_of(const json& rec, const Request& r) {
+  if (record_id(rec) != r.id) return false;
+  if (!r.id.is_null()) return true;
+  return rec.contains("error") && rec["error"].is_object() && rec["error"].contains("line") && rec["error"]["line"] == r.line;
+}
+// Empty when `l` (a record) is a record of this input's request at its index, else what it is instead.
+std::string foreign_record(const PartLine& l, const std::vector<Request>& requests, const std::string& input) {
+  if (l.index < 0 || l.index >= static_cast<std::int64_t>(requests.size()))
+    return fmt::format("a record with _index {} (id {}), but {} has {} requests", l.index,
+                       id_text(record_id(*l.record)), input, requests.size());
+  const Request& r = requests[static_cast<std::size_t>(l.index)];
+  if (is_record_of(*l.record, r)) return {};
+  return fmt::format("a record of id {} in the place of {}", id_text(record_id(*l.record)), describe(r, input));
+}
+
+// "a, b, c and 4 more"
+std::string first_few(const std::vector<std::string>& items, std::size_t shown = 10) {
+  std::string out;
+  for (std::size_t i = 0; i < items.size() && i < shown; ++i) out += (i ? ", " : "") + items[i];
+  if (items.size() > shown) out += fmt::format(" and {} more", items.size() - shown);
+  return out;
+}
+std::string n_of(std::size_t n, const char* noun) { return fmt::format("{} {}{}", n, noun, n == 1 ? "" : "s"); }
+
+// --resume, on rank 0 before any rank reads or appends to the parts: every part file keeps only its
+// records, each request's first one; the rest (a last line an interrupted write left without its end, a
+// line that is not a JSON record, a record written twice) is cut off, saying how many bytes from which
+// file. A record of another input (an index or id this input does not have there) stops the resume.
+void repair_parts(const fs::path& parts, const std::vector<Request>& requests, const std::string& input) {
+  const std::vector<PartFile> files = scan_parts(parts);
+  struct Cut {
+    const PartFile* file;
+    std::string kept;
+    std::size_t dropped = 0;
+    bool tail_only = true;  // only the end of the file goes: a truncation
+    std::vector<std::string> why;
+  };
+  std::vector<Cut> cuts;
+  std::set<std::int64_t> seen;
+  for (const PartFile& f : files) {
+    Cut c{&f, {}, 0, true, {}};
+    for (const PartLine& l : f.lines) {
+      std::string why;
+      if (!l.complete) why = "cut short (no end of line)";
+      else if (!l.record) why = "not a JSON record";
+      else if (const std::string foreign = foreign_record(l, requests, input); !foreign.empty())
+        fail_config("{}:{}: {}: these parts belong to another input (use --overwrite to start over)", f.path.string(),
+                    l.number, foreign);
+      else if (!seen.insert(l.index).second)
+        why = fmt::format("a second record of {}", describe(requests[static_cast<std::size_t>(l.index)], input));
+      if (why.empty()) {
+        if (c.dropped > 0) c.tail_only = false;
+        c.kept.append(f.bytes, l.offset, l.size);
+      } else {
+        c.dropped += l.size;
+        c.why.push_back(fmt::format("line {}: {}", l.number, why));
+      }
+    }
+    if (c.dropped > 0) cuts.push_back(std::move(c));
+  }
+  for (const Cut& c : cuts) {
+    if (c.tail_only) fs::resize_file(c.file->path, c.kept.size());
+    else write_file_atomic(c.file->path.string(), c.kept, /*overwrite=*/true);
+    log::warn("generate: resume: {}: dropped {} bytes: {}", c.file->path.string(), c.dropped, first_few(c.why, 5));
+  }
+}
+
+// Records already written (after repair_parts), by request index (the position in the input file).
+std::map<std::int64_t, json> read_parts(const fs::path& parts) {
+  std::map<std::int64_t, json> done;
+  for (PartFile& f : scan_parts(parts))
+    for (PartLine& l : f.lines)
+      if (l.record && !done.count(l.index)) done.emplace(l.index, std::move(*l.record));
   return done;
+}
+
+// The merge: exactly one record per request, else (a record lost or written twice, a broken line, a
+// record of another input) an error that names the requests and lines.
+std::map<std::int64_t, json> merge_parts(const fs::path& parts, const std::vector<Request>& requests,
+                                         const std::string& input, std::string& problem) {
+  std::vector<PartFile> files = scan_parts(parts);
+  std::vector<int> found(requests.size(), 0);  // records of each request
+  std::vector<std::string> stray;
+  std::map<std::int64_t, json> records;
+  for (PartFile& f : files)
+    for (PartLine& l : f.lines) {
+      if (!l.complete || !l.record) {
+        stray.push_back(fmt::format("{}:{} ({})", f.path.string(), l.number, l.complete ? "not a JSON record" : "cut short"));
+      } else if (const std::string foreign = foreign_record(l, requests, input); !foreign.empty()) {
+        stray.push_back(fmt::format("{}:{} ({})", f.path.string(), l.number, foreign));
+      } else {
+        ++found[static_cast<std::size_t>(l.index)];
+        if (!records.count(l.index)) records.emplace(l.index, std::move(*l.record));
+      }
+    }
+  std::vector<std::string> missing, doubled;
+  std::size_t n_doubled = 0;
+  for (std::size_t i = 0; i < requests.size(); ++i) {
+    if (found[i] == 0) missing.push_back(describe(requests[i], input));
+    if (found[i] < 2 || ++n_doubled > 10) continue;  // (the first 10 are named with their lines)
+    std::vector<std::string> at;
+    for (const PartFile& f : files)
+      for (const PartLine& l : f.lines)
+        if (l.record && l.index == static_cast<std::int64_t>(i)) at.push_back(fmt::format("{}:{}", f.path.string(), l.number));
+    doubled.push_back(fmt::format("{} in {}", describe(requests[i], input), fmt::join(at, " and ")));
+  }
+  std::vector<std::string> what;
+  if (!missing.empty()) what.push_back(fmt::format("no result for {}: {}", n_of(missing.size(), "request"), first_few(missing)));
+  if (n_doubled > 0)
+    what.push_back(fmt::format("{} with more than one result: {}{}", n_of(n_doubled, "request"), first_few(doubled),
+                               n_doubled > doubled.size() ? fmt::format(" and {} more", n_doubled - doubled.size()) : ""));
+  if (!stray.empty())
+    what.push_back(fmt::format("{} that {} no result of this input: {}", n_of(stray.size(), "line"),
+                               stray.size() == 1 ? "is" : "are", first_few(stray)));
+  if (!what.empty())
+    problem = fmt::format("generate: {}/ does not hold one result per request: {}. Nothing is written to the output; the "
+                          "results are kept there: rerun with --resume to drop the extra lines and generate the "
+                          "missing results",
+                          parts.string(), fmt::join(what, "; "));
+  return records;
 }
 
 GenerationConfig generation_config(const JobContext& ctx, const HfModel& m) {
@@ -252,13 +467,16 @@ int generate_run(JobContext& ctx) {
   std::vector<Request> requests = read_requests(vm["input"].as<std::string>(), on_error == "fail");
   log::info("generate: {} requests from {}; model {}", requests.size(), vm["input"].as<std::string>(), m.config.summary());
 
+  const std::string input = vm["input"].as<std::string>();
+
   world.barrier();  // every rank has validated the inputs before anyone touches the output
-  if (world.rank() == 0) {
+  agree(world, [&] {
+    if (world.rank() != 0) return;
     std::error_code ec;
     if (overwrite && !resume) fs::remove_all(parts, ec);
     fs::create_directories(parts);
-  }
-  world.barrier();
+    if (resume) repair_parts(parts, requests, input);  // before any rank reads or appends to the parts
+  });
   const std::map<std::int64_t, json> done_before = resume ? read_parts(parts) : std::map<std::int64_t, json>{};
   if (resume) log::info("generate: resuming, {} requests already done", done_before.size());
 
@@ -272,15 +490,15 @@ int generate_run(JobContext& ctx) {
   for (const Request& r : requests) {
     if (r.index % world.size() != world.rank()) continue;
     if (done_before.count(r.index)) continue;
-    if (!r.error.empty()) {
-      if (!r.id.is_null()) my_records.push_back({{"id", r.id}, {"error", {{"line", r.line}, {"message", r.error}}}, {"_index", r.index}});
+    if (!r.error.empty()) {  // (a line without a readable id: "id": null, known by its error.line)
+      my_records.push_back({{"id", r.id}, {"error", {{"line", r.line}, {"message", r.error}}}, {"_index", r.index}});
       continue;
     }
     try {
       work.push_back({&r, render_chat(tok, r.messages, true, chat)});
     } catch (const ConfigError& e) {
-      if (on_error == "fail") fail_config("{}:{}: {}", vm["input"].as<std::string>(), r.line, e.what());
-      log::warn("{}:{}: {} (skipped)", vm["input"].as<std::string>(), r.line, e.what());
+      if (on_error == "fail") fail_config("{}:{}: {}", input, r.line, e.what());
+      log::warn("{}:{}: {} (skipped)", input, r.line, e.what());
       my_records.push_back({{"id", r.id}, {"error", {{"line", r.line}, {"message", e.what()}}}, {"_index", r.index}});
     }
   }
@@ -295,14 +513,27 @@ int generate_run(JobContext& ctx) {
 
   std::ofstream part(parts / fmt::format("rank_{:05d}.jsonl", world.rank()), std::ios::app);
   if (!part) fail("cannot write {}", (parts / fmt::format("rank_{:05d}.jsonl", world.rank())).string());
-  for (const json& rec : my_records) part << rec.dump() << '\n';
+  for (const json& rec : my_records) part << dump_line(rec) << '\n';
   part.flush();
+  if (!part) fail("error writing the partial output in {}", parts.string());
 
+  // Every rank goes through the same number of batch boundaries (the most any rank has), where all agree
+  // on a stop: a rank out of work runs empty turns.
+  const std::int64_t my_batches = (static_cast<std::int64_t>(work.size()) + batch - 1) / batch;
+  std::int64_t turns = 0;
+  world.all_reduce(&my_batches, &turns, 1, DType::I64, ReduceOp::Max);
   const auto start = Clock::now();
   auto last = start;
   std::int64_t done = 0, tokens = 0, passes = 0;
+  bool stopped = false;
   const double every = vm["progress-seconds"].as<double>();
-  for (std::size_t b0 = 0; b0 < work.size(); b0 += static_cast<std::size_t>(batch)) {
+  for (std::int64_t turn = 0; turn < turns; ++turn) {
+    if (ctx.rt.stop_requested && ctx.rt.stop_requested()) {  // SIGUSR1/SIGTERM on any rank
+      stopped = true;
+      break;
+    }
+    const std::size_t b0 = static_cast<std::size_t>(turn) * static_cast<std::size_t>(batch);
+    if (b0 >= work.size()) continue;
     const std::size_t b1 = std::min(work.size(), b0 + static_cast<std::size_t>(batch));
     std::vector<GenerationRequest> reqs;
     for (std::size_t i = b0; i < b1; ++i)
@@ -352,7 +583,7 @@ int generate_run(JobContext& ctx) {
         rec["reference"] = *r.reference;
         rec["exact_match"] = trim(rec["text"].get<std::string>()) == trim(*r.reference);
       }
-      part << rec.dump() << '\n';
+      part << dump_line(rec) << '\n';
       tokens += res.completion_tokens;
     }
     part.flush();
@@ -360,36 +591,48 @@ int generate_run(JobContext& ctx) {
     done += static_cast<std::int64_t>(b1 - b0);
   }
   part.close();
+  if (!part) fail("error writing the partial output in {}", parts.string());
 
-  std::int64_t mine[3] = {done, tokens, passes}, all[3] = {0, 0, 0};
-  world.all_reduce(mine, all, 3, DType::I64, ReduceOp::Sum);
-  world.barrier();
-  if (world.rank() == 0) {  // merge every part (this run's and earlier ones') in input order
-    const std::map<std::int64_t, json> records = read_parts(parts);  // ordered by input position
-    std::string text;
-    std::int64_t scored = 0, matched = 0;
-    for (const auto& [index, rec] : records) {
-      if (rec.contains("exact_match")) {
-        ++scored;
-        matched += rec["exact_match"].get<bool>() ? 1 : 0;
-      }
-      json clean = rec;
-      clean.erase("_index");
-      text += clean.dump() + "\n";
-    }
-    write_file_atomic(output.string(), text, overwrite || resume);
-    std::error_code ec;
-    fs::remove_all(parts, ec);
-    const double s = std::max(1e-9, std::chrono::duration<double>(Clock::now() - start).count());
-    log::info("generate: {} results written to {} ({} generated now: {} tokens, {} decoder passes, {:.1f} tokens/s, "
-              "{:.2f} tokens per forward)",
-              records.size(), output.string(), all[0], all[1], all[2], all[1] / s,
-              all[2] > 0 ? double(all[1]) / double(all[2]) : 0.0);
-    if (scored > 0)
-      log::info("generate: exact match {}/{} = {:.1f}% (requests with a reference)", matched, scored,
-                100.0 * double(matched) / double(scored));
+  std::int64_t mine[4] = {done, tokens, passes, static_cast<std::int64_t>(my_records.size())}, all[4] = {0, 0, 0, 0};
+  world.all_reduce(mine, all, 4, DType::I64, ReduceOp::Sum);
+  if (stopped) {
+    const std::int64_t kept = static_cast<std::int64_t>(done_before.size()) + all[0] + all[3];
+    log::info("generate: stopped on a signal after {} of {} requests ({} generated now); the results so far are in "
+              "{}/: rerun with --resume to continue (exit {})",
+              kept, requests.size(), all[0], parts.string(), static_cast<int>(kExitStoppedOnSignal));
+    return kExitStoppedOnSignal;
   }
-  world.barrier();
+  std::string problem;
+  if (world.rank() == 0) {  // merge every part (this run's and earlier ones') in input order
+    const std::map<std::int64_t, json> records = merge_parts(parts, requests, input, problem);  // by input position
+    if (problem.empty()) {
+      std::string text;
+      std::int64_t scored = 0, matched = 0;
+      for (const auto& [index, rec] : records) {
+        if (rec.contains("exact_match")) {
+          ++scored;
+          matched += rec["exact_match"].get<bool>() ? 1 : 0;
+        }
+        json clean = rec;
+        clean.erase("_index");
+        text += dump_line(clean) + "\n";
+      }
+      write_file_atomic(output.string(), text, overwrite || resume);
+      std::error_code ec;
+      fs::remove_all(parts, ec);
+      const double s = std::max(1e-9, std::chrono::duration<double>(Clock::now() - start).count());
+      log::info("generate: {} results written to {} ({} generated now: {} tokens, {} decoder passes, {:.1f} tokens/s, "
+                "{:.2f} tokens per forward)",
+                records.size(), output.string(), all[0], all[1], all[2], all[1] / s,
+                all[2] > 0 ? double(all[1]) / double(all[2]) : 0.0);
+      if (scored > 0)
+        log::info("generate: exact match {}/{} = {:.1f}% (requests with a reference)", matched, scored,
+                  100.0 * double(matched) / double(scored));
+    } else {
+      log::error("{}", problem);
+    }
+  }
+  if (any_rank(world, !problem.empty())) return kExitRuntimeError;
   return 0;
 }
 
