@@ -81,6 +81,22 @@ std::string po_what(const po::error& e) {
   return out;
 }
 
+// boost reads "-1" into an unsigned option as 2^64 - 1: refuse a negative value for unsigned options.
+void check_unsigned(const po::options_description& d, const po::parsed_options& parsed, const std::string& where) {
+  for (const auto& o : parsed.options) {
+    const po::option_description* desc = d.find_nothrow(o.string_key, false);
+    if (desc == nullptr) continue;
+    const auto* sem = desc->semantic().get();
+    const bool is_unsigned = dynamic_cast<const po::typed_value<std::uint64_t>*>(sem) != nullptr ||
+                             dynamic_cast<const po::typed_value<unsigned>*>(sem) != nullptr;
+    for (const std::string& v : o.value) {
+      const auto first = v.find_first_not_of(" \t");
+      if (is_unsigned && first != std::string::npos && v[first] == '-')
+        fail_config("{}option '{}' must be a non-negative integer, not '{}'", where, o.string_key, v);
+    }
+  }
+}
+
 // boost's own messages name the option but not the file; put the file in front.
 [[noreturn]] void rethrow_config(const std::string& file, const po::error& e) {
   fail_config("job file {}: {}", file, po_what(e));
@@ -102,6 +118,7 @@ ParsedJob parse_job_args(const Job& job, const std::vector<std::string>& args) {
       fail_config("dgemma {}: {} (see `dgemma {} --help`)", job.name, po_what(e), job.name);
     }
   }();
+  check_unsigned(all, cli, fmt::format("dgemma {}: ", job.name));
   for (const auto& o : cli.options)
     if (o.position_key >= 0)
       fail_config("dgemma {}: unexpected argument '{}' (options are named: --key value; see `dgemma {} --help`)",
@@ -126,6 +143,7 @@ ParsedJob parse_job_args(const Job& job, const std::vector<std::string>& args) {
     try {
       // Only the job's own options belong in a job file (not --config or --help).
       po::parsed_options parsed = po::parse_config_file(in, own, /*allow_unregistered=*/false);
+      check_unsigned(own, parsed, fmt::format("job file {}: ", file));
       for (const auto& o : parsed.options) {
         if (from_file.count(o.string_key))
           fail_config("job file {}: option '{}' is given more than once", file, o.string_key);

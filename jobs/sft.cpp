@@ -216,6 +216,15 @@ int sft_run(JobContext& ctx) {
   const int steps = vm["steps"].as<int>();
   if (vm["warmup"].as<int>() < 0 || vm["warmup"].as<int>() >= steps)
     fail_config("sft: --warmup {} must be in [0, --steps {})", vm["warmup"].as<int>(), steps);
+  for (const char* o : {"ar-weight", "lr", "min-lr", "weight-decay", "grad-clip", "adam-eps"}) {
+    const double v = vm[o].as<double>();
+    if (!std::isfinite(v) || v < 0) fail_config("sft: --{} must be a finite number >= 0 (got {})", o, v);
+  }
+  for (const char* o : {"checkpoint-every", "stop-after"})
+    if (vm[o].as<int>() < 0) fail_config("sft: --{} must be >= 0 (got {})", o, vm[o].as<int>());
+  if (const fs::path o = vm["out"].as<std::string>(); fs::exists(o) && !fs::is_directory(o))
+    fail_config("sft: --out {} exists and is not a directory (the run directory: checkpoints/, metrics.jsonl, hf-final/)",
+                o.string());
   const std::string export_dtype = vm["export-dtype"].as<std::string>();
   if (export_dtype != "bf16" && export_dtype != "f32") fail_config("sft: --export-dtype must be bf16 or f32, not '{}'", export_dtype);
   fs::path dump_dir;

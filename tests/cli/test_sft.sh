@@ -133,6 +133,12 @@ printf '[model]\n%%canonical_option%% = 1\n' >placeholder2.ini
 expect 2 "argument \('%value%'\) for option 'seed' is invalid" -- timeout 20 "$DGEMMA" sft --out bad13 --config placeholder.ini
 expect 2 "unrecognised option 'model.%canonical_option%'" -- timeout 20 "$DGEMMA" sft --out bad15 --config placeholder2.ini
 expect 2 "argument \('%value%'\) for option '--seed' is invalid" -- timeout 20 "$DGEMMA" sft --out bad14 --seed %value%
+expect 2 "--ar-weight must be a finite number >= 0 \(got nan\)" -- "$DGEMMA" sft --out bad16 --ar-weight nan
+expect 2 "--ar-weight must be a finite number >= 0 \(got -1\)" -- "$DGEMMA" sft --out bad17 --ar-weight -1
+expect 2 "--checkpoint-every must be >= 0" -- "$DGEMMA" sft --out bad18 --checkpoint-every -5
+expect 2 "option 'seed' must be a non-negative integer, not '-1'" -- "$DGEMMA" sft --out bad19 --seed -1
+touch afile
+expect 2 "--out afile exists and is not a directory" -- "$DGEMMA" sft --out afile
 expect 2 "--device must be auto, cpu or cuda" -- "$DGEMMA" sft --out bad11 --device tpu
 expect 2 "--device cuda, but" -- "$DGEMMA" sft --out bad12 --device cuda
 check "failed runs left no checkpoints" test ! -e bad1/checkpoints -a ! -e bad4/checkpoints -a ! -e bad5/checkpoints
