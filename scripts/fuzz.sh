@@ -16,7 +16,6 @@
 #   FUZZ_FRESH=1        start from the committed corpus only (drop the working corpus of earlier runs)
 #   FUZZ_TIMEOUT=10     seconds after which one input counts as a hang
 #   FUZZ_ARGS="..."     extra libFuzzer flags (e.g. -max_len=4096)
-#   DGEMMA_FUZZ_SKIP_KNOWN=1   targets skip inputs that trigger bugs already reported (docs/fuzzing.md)
 # Exit status: 1 if any target crashed, else 0.
 set -euo pipefail
 cd "$(dirname "$0")/.."
