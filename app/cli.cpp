@@ -84,6 +84,7 @@ std::string po_what(const po::error& e) {
 // boost reads "-1" into an unsigned option as 2^64 - 1: refuse a negative value for unsigned options.
 void check_unsigned(const po::options_description& d, const po::parsed_options& parsed, const std::string& where) {
   for (const auto& o : parsed.options) {
+    if (o.string_key.empty()) continue;  // boost's find_nothrow("") throws "ambiguous"
     const po::option_description* desc = d.find_nothrow(o.string_key, false);
     if (desc == nullptr) continue;
     const auto* sem = desc->semantic().get();
@@ -118,11 +119,11 @@ ParsedJob parse_job_args(const Job& job, const std::vector<std::string>& args) {
       fail_config("dgemma {}: {} (see `dgemma {} --help`)", job.name, po_what(e), job.name);
     }
   }();
-  check_unsigned(all, cli, fmt::format("dgemma {}: ", job.name));
   for (const auto& o : cli.options)
     if (o.position_key >= 0)
       fail_config("dgemma {}: unexpected argument '{}' (options are named: --key value; see `dgemma {} --help`)",
                   job.name, o.value.empty() ? "" : o.value.front(), job.name);
+  check_unsigned(all, cli, fmt::format("dgemma {}: ", job.name));
   std::set<std::string> from_cli;
   for (const auto& o : cli.options) from_cli.insert(o.string_key);
   try {

@@ -238,11 +238,11 @@ std::string CheckpointWriter::commit() {
       const std::string why = failed_.empty() ? ckpt::h5_error() : failed_;
       free_partial_file(path);  // so that the close below can flush what HDF5 still holds
       H5Fclose(f);
-      fail("checkpoint {}: cannot write {} ({}): {}", final_dir_, file_name_,
-           why.find("errno = 28") != std::string::npos ? "no space left on the device" : "I/O error", why);
+      const bool disk_full = why.find("errno = 28") != std::string::npos;
+      fail("checkpoint {}: a shard could not be written on rank {} ({}{}): {}", final_dir_, group_.rank(), file_name_,
+           disk_full ? ": no space left on the device" : "", why);
     }
     if (H5Fclose(f) < 0) fail("cannot close {}: {}", path, ckpt::h5_error());
-    if (!failed_.empty()) fail("checkpoint {}: a shard could not be written on rank {}: {}", final_dir_, group_.rank(), failed_);
     fsync_file(tmp_dir_ + "/" + file_name_);
   });
 
