@@ -70,6 +70,8 @@ void generate_options(po::options_description& d) {
       ("stability-threshold", po::value<int>(), "argmax canvases that must agree to stop (default 1)")
       ("confidence-threshold", po::value<double>(), "mean entropy below which a canvas may stop (default 0.005)")
       ("seed", po::value<std::uint64_t>()->default_value(0), "random seed")
+      ("batch-invariant", po::value<bool>()->default_value(true),
+       "a request's result does not depend on its batch mates or the rank count (fixed-row-tile GEMMs; false: faster)")
       ("thinking", po::bool_switch(), "render prompts with the thinking system turn")
       ("token-ids", po::bool_switch(), "also write the generated token ids")
       ("on-error", po::value<std::string>()->default_value("skip"), "bad input line: skip (report) or fail")
@@ -453,7 +455,9 @@ int generate_run(JobContext& ctx) {
   const Device device = resolve_device(ctx, "generate", /*cuda_path_ready=*/false);
   log::info("generate: device {}", device_name(device));
   // A request's result must not depend on its batch mates or the rank count: fixed-row-tile GEMMs.
-  set_batch_invariant(true);
+  set_batch_invariant(vm["batch-invariant"].as<bool>());
+  if (!batch_invariant())
+    log::info("generate: --batch-invariant false: results may change with --batch-size and the rank count");
   HfModel m = load_hf_model(vm["model"].as<std::string>());
   // Strict-device mode: the weights live "on the device" (every ModelWeights member, so that every view
   // of it, e.g. the gate/up row views of mlp_gate_up, is guarded inside a batch's model path).

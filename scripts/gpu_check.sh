@@ -101,6 +101,14 @@ row "bench --what fsdp (26B-A4B, world 8, ep 8)" "$([[ $? -eq 0 ]] && echo PASS 
 "$DGEMMA" bench --what ep --world 8 --ep 8 --dtype bf16 >"$WORK/bench-ep.log" 2>&1
 row "bench --what ep (26B-A4B, world 8, ep 8)" "$([[ $? -eq 0 ]] && echo PASS || echo FAIL)" \
   "$(grep -oE "ratio ours/reference = [0-9.]+" "$WORK/bench-ep.log" | head -n 1)"
+# batch-invariant GEMM cost (generate --batch-invariant): decode-sized and prompt-sized rows, both modes
+if [[ $DRY == 1 ]]; then GM=(8 256); GK=(--n 512 --k 256 --iters 2); else GM=(8 64 2048); GK=(--n 2816 --k 2816 --iters 20); fi
+: >"$WORK/bench-gemm.log"; rc=0
+for m in "${GM[@]}"; do
+  "$DGEMMA" bench --what gemm --m "$m" "${GK[@]}" >>"$WORK/bench-gemm.log" 2>&1 || rc=1
+done
+row "bench --what gemm, plain vs batch-invariant (M = ${GM[*]})" "$([[ $rc -eq 0 ]] && echo PASS || echo FAIL)" \
+  "$(grep -c "batch-invariant" "$WORK/bench-gemm.log") batch-invariant timings (table below)"
 # Still to add once the jobs run on the device: canvas-forward latency, generation tokens/s at batch 1/8/32,
 # SFT TFLOP/s and MFU on a reduced-layer 26B-A4B config.
 
@@ -115,6 +123,12 @@ elapsed=$(($(date +%s) - start))
   echo "| stage | result | details |"
   echo "| --- | --- | --- |"
   printf '%s\n' "${report[@]}"
+  echo
+  echo "## bench --what gemm (plain and batch-invariant)"
+  echo
+  echo '```'
+  grep -E "gemm " "$WORK/bench-gemm.log" | sed -E 's/^\[[^]]*\] //' | head -n 40
+  echo '```'
   echo
   echo "## bench --what ops"
   echo

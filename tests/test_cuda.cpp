@@ -4,6 +4,8 @@
 // rounding (at most 2^-9 relative per element): tolerances 1e-4 (f32 out) and 2^-8 (bf16 out) of max |C|.
 #include <doctest/doctest.h>
 
+#include <cstring>
+
 #include "tests/gemm_reference.h"
 
 using namespace dg;
@@ -55,6 +57,33 @@ TEST_CASE("cuda gemm: bf16 inputs, f32 and bf16 outputs, transposes, batches, be
       gemm(da, db, dc16, o);
       CHECK(max_abs_diff(dc16.to(Device::CPU).to(DType::F32), ref) <= 0.00390625 * max_abs(ref));
     }
+  }
+}
+
+// Batch-invariant mode (set_batch_invariant): every cuBLASLt call has the same [64, N, K] shape and
+// aligned operands, so a row's bits do not depend on how many rows share the call or where it sits.
+TEST_CASE("cuda gemm, batch-invariant mode: a row's bits do not depend on its batch mates") {
+  const std::int64_t m = 150, n = 96, k = 320;
+  for (DType dt : {DType::BF16, DType::F32}) {
+    CAPTURE(dtype_name(dt));
+    const Tensor a = bf16_rounded(random_tensor({m, k}, 21)).to(Device::CUDA).to(dt);
+    const Tensor b = bf16_rounded(random_tensor({n, k}, 22)).to(Device::CUDA).to(dt);
+    set_batch_invariant(true);
+    Tensor full = Tensor::empty({m, n}, DType::F32, Device::CUDA);
+    gemm(a, b, full, {.trans_b = true});
+    const Tensor host = full.to(Device::CPU);
+    for (auto [first, rows] : {std::pair<std::int64_t, std::int64_t>{0, 1}, {77, 1}, {3, 7}, {60, 9}, {1, 130}}) {
+      CAPTURE(first);
+      CAPTURE(rows);
+      Tensor part = Tensor::empty({rows, n}, DType::F32, Device::CUDA);
+      gemm(a.rows(first, first + rows), b, part, {.trans_b = true});
+      const Tensor got = part.to(Device::CPU);
+      CHECK(std::memcmp(got.raw(), host.data<float>() + first * n, static_cast<std::size_t>(rows * n) * 4) == 0);
+    }
+    set_batch_invariant(false);
+    Tensor plain = Tensor::empty({m, n}, DType::F32, Device::CUDA);
+    gemm(a, b, plain, {.trans_b = true});
+    CHECK(max_abs_diff(plain.to(Device::CPU), host) <= 1e-4 * max_abs(host));
   }
 }
 

@@ -4,6 +4,7 @@
 // while any indexing or transpose mistake produces O(1) errors.
 #include <doctest/doctest.h>
 
+#include <cstring>
 #include <limits>
 
 #include "tests/gemm_reference.h"
@@ -73,4 +74,29 @@ TEST_CASE("gemm rejects mismatched shapes and dtypes with a message") {
   CHECK_THROWS_WITH_AS(gemm(a, b_ok, c_bad, {}), doctest::Contains("should be [4, 4]"), Error);
   Tensor a16 = a.to(DType::BF16);
   CHECK_THROWS_WITH_AS(gemm(a16, b_ok, c, {}), doctest::Contains("f32 only"), Error);
+}
+
+// Batch invariance (set_batch_invariant): a row's result must not depend on how many rows share the
+// call or where the row sits in it. Compared bit for bit: the promise is identical generations.
+TEST_CASE("cpu gemm, batch-invariant mode: a row's bits do not depend on its batch mates") {
+  const std::int64_t m = 37, n = 29, k = 203;
+  const Tensor a = random_tensor({m, k}, 11), b = random_tensor({k, n}, 12), bt = random_tensor({n, k}, 13);
+  set_batch_invariant(true);
+  for (bool tb : {false, true}) {
+    CAPTURE(tb);
+    const Tensor& w = tb ? bt : b;
+    Tensor full = Tensor::empty({m, n}, DType::F32);
+    gemm(a, w, full, {.trans_b = tb});
+    for (auto [first, rows] : {std::pair<std::int64_t, std::int64_t>{0, 1}, {5, 1}, {3, 7}, {30, 7}, {1, 32}}) {
+      CAPTURE(first);
+      CAPTURE(rows);
+      Tensor part = Tensor::empty({rows, n}, DType::F32);
+      gemm(a.rows(first, first + rows), w, part, {.trans_b = tb});
+      CHECK(std::memcmp(part.raw(), full.data<float>() + first * n, static_cast<std::size_t>(rows * n) * 4) == 0);
+    }
+    Tensor ref = Tensor::empty({m, n}, DType::F32);
+    gemm_reference(a, w, ref, {.trans_b = tb});
+    CHECK(max_abs_diff(full, ref) < 1e-4);
+  }
+  set_batch_invariant(false);
 }

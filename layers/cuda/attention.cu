@@ -223,11 +223,21 @@ __global__ void __launch_bounds__(kThreads) attn_forward_kernel(const AttnForwar
   load_query_rows<BQ>(sQ, ldq, in.q, in.in_bf16, d, b, n, q0);
   for (int i = t; i < BQ * hd; i += kThreads) sO[i] = 0.f;
   __syncthreads();
-  if (t == 0) key_range(s_rule, BQ, tk, s_range);
+  if (t == 0) {
+    key_range(s_rule, BQ, tk, s_range);
+    // Key tiles start on a grid anchored at the entry's first valid key (its left padding), so that the
+    // keys a row sums in one tile, and with them the row's rounding, do not depend on how much padding
+    // its batch mates force on it: the forward is batch-invariant. Keys before the anchor are padding.
+    std::int64_t first = 0;
+    if (in.key_valid != nullptr)
+      while (first < tk && in.key_valid[b * tk + first] == 0) ++first;
+    const std::int64_t anchor = first % BK;
+    s_range[0] = s_range[0] < anchor ? anchor : anchor + (s_range[0] - anchor) / BK * BK;
+  }
   __syncthreads();
 
   const int tn = t % M::TN, tm = t / M::TN, lane = t % 32, wq = t / 32;
-  for (std::int64_t k0 = s_range[0] / BK * BK; k0 < s_range[1]; k0 += BK) {
+  for (std::int64_t k0 = s_range[0]; k0 < s_range[1]; k0 += BK) {
     const bool any = t < BQ && attn_row_any(s_rule[t], k0, min64(k0 + BK, tk));
     if (!__syncthreads_or(any)) continue;  // no row of the tile sees a key of this tile
     if (t < BK) {

@@ -2,6 +2,7 @@
 // Row-major C = op(A) op(B) is computed as the column-major C^T = op(B)^T op(A)^T, so A and B swap places.
 #include <cublasLt.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 
@@ -40,16 +41,9 @@ struct LtLayout {
   LtLayout& operator=(const LtLayout&) = delete;
 };
 
-}  // namespace
-
-void gemm(const Tensor& a, const Tensor& b, Tensor& c, const GemmOpts& o) {
-  const GemmDims d = gemm_dims(a, b, c, o);
-  DG_CHECK(a.dtype() == b.dtype() && (a.dtype() == DType::BF16 || a.dtype() == DType::F32),
-           "CUDA gemm takes bf16 x bf16 or f32 x f32, got {} x {}", a.describe(), b.describe());
-  DG_CHECK(c.dtype() == DType::F32 || c.dtype() == a.dtype(), "CUDA gemm output {} for {} inputs", c.describe(),
-           dtype_name(a.dtype()));
-  if (d.m == 0 || d.n == 0 || d.batch == 0) return;
-
+// One cuBLASLt matmul on raw pointers: row-major C = alpha op(A) op(B) + beta C with the dims d.
+void matmul(const void* a, DType at, const void* b, DType bt, void* c, DType ct, const GemmDims& d,
+            const GemmOpts& o) {
   cublasLtMatmulDesc_t op = nullptr;
   DG_CUBLAS(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
   std::unique_ptr<std::remove_pointer_t<cublasLtMatmulDesc_t>, decltype(&cublasLtMatmulDescDestroy)> op_guard(
@@ -62,9 +56,9 @@ void gemm(const Tensor& a, const Tensor& b, Tensor& c, const GemmOpts& o) {
 
   const std::int64_t b_rows = o.trans_b ? d.n : d.k, b_cols = o.trans_b ? d.k : d.n;
   const std::int64_t a_rows = o.trans_a ? d.k : d.m, a_cols = o.trans_a ? d.m : d.k;
-  const LtLayout lb(b.dtype(), b_rows, b_cols, d.ldb, d.batch, d.stride_b);
-  const LtLayout la(a.dtype(), a_rows, a_cols, d.lda, d.batch, d.stride_a);
-  const LtLayout lc(c.dtype(), d.m, d.n, d.ldc, d.batch, d.stride_c);
+  const LtLayout lb(bt, b_rows, b_cols, d.ldb, d.batch, d.stride_b);
+  const LtLayout la(at, a_rows, a_cols, d.lda, d.batch, d.stride_a);
+  const LtLayout lc(ct, d.m, d.n, d.ldc, d.batch, d.stride_c);
 
   std::size_t ws_bytes = 0;
   void* ws = lt_workspace(&ws_bytes);
@@ -82,7 +76,7 @@ void gemm(const Tensor& a, const Tensor& b, Tensor& c, const GemmOpts& o) {
     while (bytes > 1 && addr % bytes != 0) bytes /= 2;
     return bytes;
   };
-  const std::uint32_t al_b = alignment(b.raw()), al_a = alignment(a.raw()), al_c = alignment(c.raw());
+  const std::uint32_t al_b = alignment(b), al_a = alignment(a), al_c = alignment(c);
   // Column-major view: cuBLASLt's A is our B, its B is our A; C and D are c.
   DG_CUBLAS(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al_b, sizeof(al_b)));
   DG_CUBLAS(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al_a, sizeof(al_a)));
@@ -92,8 +86,52 @@ void gemm(const Tensor& a, const Tensor& b, Tensor& c, const GemmOpts& o) {
   int found = 0;
   DG_CUBLAS(cublasLtMatmulAlgoGetHeuristic(lt_handle(), op, lb.h, la.h, lc.h, lc.h, pref, 1, &heur, &found));
   if (found == 0) fail("cuBLASLt found no algorithm for gemm m={} n={} k={} batch={}", d.m, d.n, d.k, d.batch);
-  DG_CUBLAS(cublasLtMatmul(lt_handle(), op, &o.alpha, b.raw(), lb.h, a.raw(), la.h, &o.beta, c.raw(), lc.h,
-                           c.raw(), lc.h, &heur.algo, ws, ws_bytes, stream()));
+  DG_CUBLAS(cublasLtMatmul(lt_handle(), op, &o.alpha, b, lb.h, a, la.h, &o.beta, c, lc.h, c, lc.h, &heur.algo, ws,
+                           ws_bytes, stream()));
+}
+
+// Batch-invariant form (set_batch_invariant): cuBLASLt picks its kernel, tiling and split-K from the
+// whole call's shape and the operands' alignment, so a row's arithmetic can change with the number of
+// rows around it. Here every call has the same shape [kInvariantRows, N, K] and 256-byte aligned A and C:
+// the rows are copied in fixed tiles into scratch, multiplied, and copied back (a tile's unused rows hold
+// whatever the scratch held: a GEMM's output row depends on its own input row only, so they are harmless). A row's result
+// then depends on that row and B only. The cost: up to kInvariantRows - 1 padding rows per call (a
+// single-row GEMM does the work of kInvariantRows rows) and two extra copies of A's and C's rows.
+constexpr std::int64_t kInvariantRows = 64;
+
+void gemm_row_tiles(const Tensor& a, const Tensor& b, Tensor& c, const GemmDims& d, const GemmOpts& o) {
+  const std::size_t ea = dtype_size(a.dtype()), ec = dtype_size(c.dtype()), eb = dtype_size(b.dtype());
+  const Scratch ta(static_cast<std::size_t>(kInvariantRows * d.k) * ea);
+  const Scratch tc(static_cast<std::size_t>(kInvariantRows * d.n) * ec);
+  const GemmDims tile{1, kInvariantRows, d.n, d.k, 0, 0, 0, d.k, d.ldb, d.n};
+  for (std::int64_t i = 0; i < d.batch; ++i)
+    for (std::int64_t r0 = 0; r0 < d.m; r0 += kInvariantRows) {
+      const std::int64_t rows = std::min(kInvariantRows, d.m - r0);
+      const auto* pa = static_cast<const char*>(a.raw()) + ((i * d.stride_a) + r0 * d.lda) * ea;
+      auto* pc = static_cast<char*>(c.raw()) + ((i * d.stride_c) + r0 * d.ldc) * ec;
+      const auto* pb = static_cast<const char*>(b.raw()) + i * d.stride_b * eb;
+      DG_CUDA(cudaMemcpy2DAsync(ta.as<void>(), d.k * ea, pa, d.lda * ea, d.k * ea, rows, cudaMemcpyDeviceToDevice,
+                                stream()));
+      if (o.beta != 0.f)
+        DG_CUDA(cudaMemcpy2DAsync(tc.as<void>(), d.n * ec, pc, d.ldc * ec, d.n * ec, rows, cudaMemcpyDeviceToDevice,
+                                  stream()));
+      matmul(ta.as<void>(), a.dtype(), pb, b.dtype(), tc.as<void>(), c.dtype(), tile, o);
+      DG_CUDA(cudaMemcpy2DAsync(pc, d.ldc * ec, tc.as<void>(), d.n * ec, d.n * ec, rows, cudaMemcpyDeviceToDevice,
+                                stream()));
+    }
+}
+
+}  // namespace
+
+void gemm(const Tensor& a, const Tensor& b, Tensor& c, const GemmOpts& o) {
+  const GemmDims d = gemm_dims(a, b, c, o);
+  DG_CHECK(a.dtype() == b.dtype() && (a.dtype() == DType::BF16 || a.dtype() == DType::F32),
+           "CUDA gemm takes bf16 x bf16 or f32 x f32, got {} x {}", a.describe(), b.describe());
+  DG_CHECK(c.dtype() == DType::F32 || c.dtype() == a.dtype(), "CUDA gemm output {} for {} inputs", c.describe(),
+           dtype_name(a.dtype()));
+  if (d.m == 0 || d.n == 0 || d.batch == 0) return;
+  if (batch_invariant() && !o.trans_a) return gemm_row_tiles(a, b, c, d, o);
+  matmul(a.raw(), a.dtype(), b.raw(), b.dtype(), c.raw(), c.dtype(), d, o);
 }
 
 }  // namespace dg::cuda
