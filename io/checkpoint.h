@@ -233,6 +233,12 @@ class CheckpointWriter {
   void add(const std::string& key, const Shape& global_shape, const Slice& slice, const Tensor& local);
   // The whole tensor from this rank.
   void add(const std::string& key, const Tensor& whole) { add(key, whole.shape(), Slice::whole(whole.shape()), whole); }
+  // The whole tensor `key` from this rank, streamed: fill(first, count, dst) puts its elements
+  // [first, first + count) (row-major) into dst; it is called for [0, piece), [piece, 2 piece), ... in
+  // order (the last piece shorter), so that memory holds one piece (piece elements), not the tensor. The
+  // file and checksum are the same as add() of the whole tensor writes.
+  using PieceFill = std::function<void(std::int64_t first, std::int64_t count, void* dst)>;
+  void add_pieces(const std::string& key, const Shape& shape, DType dtype, std::int64_t piece, const PieceFill& fill);
 
   void set_section(const std::string& name, nlohmann::json value);
   void set_rank_section(const std::string& name, nlohmann::json value);
@@ -245,7 +251,10 @@ class CheckpointWriter {
 
  private:
   struct LocalShard;
-  void write_shard(const std::string& key, const Shape& global_shape, DType dtype, const Slice& slice, const void* data);
+  // Writes the data of the created dataset and returns its checksum.
+  using DataWriter = std::function<std::uint64_t(std::int64_t dataset, std::int64_t type)>;
+  void write_shard(const std::string& key, const Shape& global_shape, DType dtype, const Slice& slice,
+                   const DataWriter& data);
   CheckpointGroup& group_;
   std::string ckpt_dir_, final_dir_, tmp_dir_, file_name_;
   std::int64_t step_;

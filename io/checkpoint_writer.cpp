@@ -151,8 +151,62 @@ CheckpointWriter::~CheckpointWriter() {
 void CheckpointWriter::add(const std::string& key, const Shape& global_shape, DType dtype, const Slice& slice,
                            const void* data) {
   DG_CHECK(!done_ && file_ >= 0, "checkpoint {}: add('{}') after commit", final_dir_, key);
+  const std::int64_t n = slice.numel();
+  DG_CHECK(n == 0 || data != nullptr, "checkpoint tensor '{}': no data", key);
   try {
-    write_shard(key, global_shape, dtype, slice, data);
+    write_shard(key, global_shape, dtype, slice, [&](std::int64_t ds, std::int64_t type) {
+      if (n > 0 && H5Dwrite(ds, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) < 0)
+        fail("checkpoint {}: cannot write dataset /{} in {}: {}", final_dir_, key, file_name_, ckpt::h5_error());
+      return xxh64(data, static_cast<std::size_t>(n) * dtype_size(dtype));  // = the dataset's bytes
+    });
+  } catch (const std::exception& e) {
+    if (failed_.empty()) failed_ = e.what();
+    throw;
+  }
+}
+
+namespace {
+
+H5Id selection(const Shape& dims, const Shape& start, const Shape& count) {
+  std::vector<hsize_t> hd(dims.begin(), dims.end()), hs(start.begin(), start.end()), hc(count.begin(), count.end());
+  H5Id space(H5Screate_simple(static_cast<int>(hd.size()), hd.data(), nullptr), H5Sclose);
+  if (!space.valid() || H5Sselect_hyperslab(space.get(), H5S_SELECT_SET, hs.data(), nullptr, hc.data(), nullptr) < 0)
+    fail("cannot build an HDF5 selection: {}", ckpt::h5_error());
+  return space;
+}
+
+}  // namespace
+
+void CheckpointWriter::add_pieces(const std::string& key, const Shape& shape, DType dtype, std::int64_t piece,
+                                  const PieceFill& fill) {
+  DG_CHECK(!done_ && file_ >= 0, "checkpoint {}: add('{}') after commit", final_dir_, key);
+  DG_CHECK(piece > 0, "checkpoint tensor '{}': pieces of {} elements", key, piece);
+  const std::int64_t n = shape_numel(shape);
+  const std::size_t es = dtype_size(dtype);
+  try {
+    write_shard(key, shape, dtype, Slice::whole(shape), [&](std::int64_t ds, std::int64_t type) {
+      std::vector<std::byte> buf(static_cast<std::size_t>(std::min(n, piece)) * es);
+      Xxh64 hash;
+      for (std::int64_t at = 0; at < n; at += piece) {
+        const std::int64_t len = std::min(piece, n - at);
+        fill(at, len, buf.data());
+        hash.update(buf.data(), static_cast<std::size_t>(len) * es);
+        if (shape.empty()) {  // a scalar: its one element
+          if (H5Dwrite(ds, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf.data()) < 0)
+            fail("checkpoint {}: cannot write dataset /{} in {}: {}", final_dir_, key, file_name_, ckpt::h5_error());
+          continue;
+        }
+        std::int64_t done = 0;
+        for (const ckpt::Box& b : ckpt::flat_to_boxes(at, at + len, shape)) {
+          H5Id file = selection(shape, b.offset, b.count);
+          H5Id mem = selection({b.numel()}, {0}, {b.numel()});
+          if (H5Dwrite(ds, type, mem.get(), file.get(), H5P_DEFAULT, buf.data() + static_cast<std::size_t>(done) * es) < 0)
+            fail("checkpoint {}: cannot write dataset /{} in {}: {}", final_dir_, key, file_name_, ckpt::h5_error());
+          done += b.numel();
+        }
+      }
+      return hash.digest();
+    });
   } catch (const std::exception& e) {
     if (failed_.empty()) failed_ = e.what();
     throw;
@@ -160,7 +214,7 @@ void CheckpointWriter::add(const std::string& key, const Shape& global_shape, DT
 }
 
 void CheckpointWriter::write_shard(const std::string& key, const Shape& global_shape, DType dtype, const Slice& slice,
-                                   const void* data) {
+                                   const DataWriter& data) {
   if (std::string why; !ckpt::valid_key(key, why)) fail("checkpoint tensor name '{}' is invalid: {}", key, why);
   if (global_shape.size() > 32) fail("checkpoint tensor '{}': more than 32 dimensions", key);
   try {
@@ -168,8 +222,6 @@ void CheckpointWriter::write_shard(const std::string& key, const Shape& global_s
   } catch (const ConfigError& e) {
     throw Error(e.what());  // the caller's bug, not the user's input
   }
-  const std::int64_t n = slice.numel();
-  DG_CHECK(n == 0 || data != nullptr, "checkpoint tensor '{}': no data", key);
 
   int& count = shards_per_key_[key];
   const std::string dataset = "/" + key + (count ? fmt::format("#{}", count) : "");
@@ -190,14 +242,13 @@ void CheckpointWriter::write_shard(const std::string& key, const Shape& global_s
   const hid_t type = ckpt::h5_type(dtype);
   H5Id ds(H5Dcreate2(file_, dataset.c_str(), type, space.get(), lcpl.get(), dcpl.get(), H5P_DEFAULT), H5Dclose);
   if (!ds.valid()) h5fail("create dataset");
-  if (n > 0 && H5Dwrite(ds.get(), type, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) < 0) h5fail("write dataset");
+  const std::uint64_t sum = data(ds.get(), type);
   ckpt::write_attr_string(ds.get(), "dtype", std::string(dtype_name(dtype)));
   ckpt::write_attr_i64(ds.get(), "global_shape", global_shape, false);
   if (slice.flat)
     ckpt::write_attr_i64(ds.get(), "flat_range", {slice.begin, slice.end}, false);
   else
     ckpt::write_attr_i64(ds.get(), "global_offset", slice.offset, false);
-  const std::uint64_t sum = xxh64(data, static_cast<std::size_t>(n) * dtype_size(dtype));  // = the dataset's bytes
   shards_.push_back({key, global_shape, dtype, dataset, slice, sum});
 }
 

@@ -11,22 +11,9 @@
 #include "io/data_check.h"
 #include "io/safetensors.h"
 #include "io/strict_json.h"
+#include "io/transpose.h"
 
 namespace dg {
-
-namespace {
-
-// dst [.., b, a] = src [.., a, b] (both f32).
-void copy_transposed(const Tensor& src, Tensor& dst) {
-  const std::int64_t a = src.size(-2), b = src.size(-1), batch = src.numel() / std::max<std::int64_t>(a * b, 1);
-  const float* s = src.data<float>();
-  float* d = dst.data<float>();
-  for (std::int64_t z = 0; z < batch; ++z)
-    for (std::int64_t i = 0; i < a; ++i)
-      for (std::int64_t j = 0; j < b; ++j) d[z * a * b + j * a + i] = s[z * a * b + i * b + j];
-}
-
-}  // namespace
 
 nlohmann::json read_json_file(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -116,7 +103,7 @@ void HfTensorReader::read(const std::string& native, std::int64_t begin, std::in
   for (std::int64_t z = mat > 0 ? begin / mat : 0; mat > 0 && z * mat < end; ++z) {
     const Tensor hf = to_f32(z * mat, {b, a});
     Tensor nat = Tensor::empty({a, b}, DType::F32);
-    copy_transposed(hf, nat);
+    transpose_last2(static_cast<const std::byte*>(hf.raw()), hf.shape(), sizeof(float), static_cast<std::byte*>(nat.raw()));
     const std::int64_t lo = std::max(begin, z * mat), hi = std::min(end, (z + 1) * mat);
     std::memcpy(dst + (lo - begin), nat.data<float>() + (lo - z * mat), static_cast<std::size_t>(hi - lo) * sizeof(float));
     check_finite(dst + (lo - begin), hi - lo, [&](std::int64_t i) {  // native [.., a, b] -> HF [.., b, a]

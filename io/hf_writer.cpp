@@ -7,21 +7,17 @@
 #include "io/atomic_file.h"
 #include "io/hf_names.h"
 #include "io/safetensors.h"
+#include "io/transpose.h"
 
 namespace dg {
 
 namespace fs = std::filesystem;
 
-void encode_f32(const float* src, const Shape& shape, bool transpose, DType dtype, std::byte* dst) {
-  const std::int64_t n = shape_numel(shape);
-  const std::int64_t a = shape.size() >= 2 ? shape[shape.size() - 2] : 1, b = shape.empty() ? 1 : shape.back();
+namespace {
+
+void encode_f32_plain(const float* src, std::int64_t n, DType dtype, std::byte* dst) {
   for (std::int64_t i = 0; i < n; ++i) {
-    std::int64_t from = i;
-    if (transpose) {  // output index i = (z, j, k) over [.., b, a] reads input (z, k, j) over [.., a, b]
-      const std::int64_t z = i / (a * b), r = i % (a * b), j = r / a, k = r % a;
-      from = z * a * b + k * b + j;
-    }
-    const float v = src[from];
+    const float v = src[i];
     switch (dtype) {
       case DType::F32: std::memcpy(dst + 4 * i, &v, 4); break;
       case DType::BF16: {
@@ -37,6 +33,17 @@ void encode_f32(const float* src, const Shape& shape, bool transpose, DType dtyp
       default: fail("encode_f32: unsupported output dtype {}", dtype_name(dtype));
     }
   }
+}
+
+}  // namespace
+
+void encode_f32(const float* src, const Shape& shape, bool transpose, DType dtype, std::byte* dst) {
+  const std::int64_t n = shape_numel(shape);
+  if (!transpose || n == 0) return encode_f32_plain(src, n, dtype, dst);
+  // Encode in the source order, then the one transpose of io/transpose.h ([.., a, b] -> [.., b, a]).
+  std::vector<std::byte> encoded(static_cast<std::size_t>(n) * dtype_size(dtype));
+  encode_f32_plain(src, n, dtype, encoded.data());
+  transpose_last2(encoded.data(), shape, dtype_size(dtype), dst);
 }
 
 std::vector<HfOutTensor> hf_tensors_of(const ModelConfig& c, const ModelWeights& w, DType dtype) {

@@ -287,6 +287,19 @@ std::span<const std::byte> SafetensorsFile::bytes(std::string_view name) const {
   return {map_->data() + 8 + header_.header_size + e.begin, static_cast<std::size_t>(e.nbytes())};
 }
 
+void SafetensorsFile::release(std::string_view name, std::uint64_t begin, std::uint64_t end) const {
+  const SafetensorsEntry& e = entry(name);
+  end = std::min(end, e.nbytes());
+  if (!map_ || !map_->addr || begin >= end) return;
+  const std::uint64_t page = static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE));
+  const std::uint64_t at = 8 + header_.header_size + e.begin;
+  const std::uint64_t from = (at + begin) / page * page;
+  const std::uint64_t to = std::min<std::uint64_t>(map_->len, (at + end + page - 1) / page * page);
+  // A read-only private mapping of a file: the pages are dropped here and read back from the file (the
+  // page cache) when touched again. A refusal only costs memory.
+  ::madvise(static_cast<char*>(map_->addr) + from, to - from, MADV_DONTNEED);
+}
+
 Tensor SafetensorsFile::tensor(std::string_view name) const {
   const SafetensorsEntry& e = entry(name);
   if (!e.type)

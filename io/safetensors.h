@@ -123,6 +123,10 @@ class SafetensorsFile {
   std::span<const std::byte> bytes(std::string_view name) const;
   // A view (or an aligned copy, see above); ConfigError for dtypes dgemma does not compute with.
   Tensor tensor(std::string_view name) const;
+  // Drops the mapped pages of the bytes [begin, end) of tensor `name` from this process's memory (they
+  // stay in the page cache and come back on the next access): a reader that streams the model keeps
+  // resident only what it works on, not every page it has touched.
+  void release(std::string_view name, std::uint64_t begin, std::uint64_t end) const;
 
  private:
   struct Mapping;
@@ -171,6 +175,39 @@ class SafetensorsWriter {
   std::unordered_map<std::string, std::size_t> index_;
   std::vector<bool> done_;
   std::uint64_t data_start_ = 0;
+};
+
+// One file written by several processes at once (`dgemma convert` spreads a shard's tensors over the
+// ranks): every process computes the same plan, one creates the file (the header written, the file sized
+// to its final length), then each writes the bytes of its own tensors at their offsets with pwrite and
+// syncs them. The bytes are those SafetensorsWriter writes. There is no temporary file: the caller writes
+// into a temporary directory that is renamed once every process is done.
+struct SafetensorsFilePlan {
+  std::string path;
+  std::vector<SafetensorsEntry> layout;  // file order, with offsets
+  std::string header;                    // the padded JSON header
+  std::uint64_t data_start = 0;          // 8 + header.size()
+  std::uint64_t file_size() const { return data_start + (layout.empty() ? 0 : layout.back().end); }
+  const SafetensorsEntry& entry(std::string_view name) const;  // dg::Error naming the file when absent
+};
+SafetensorsFilePlan plan_safetensors_file(std::string path, std::vector<TensorSpec> tensors,
+                                          const SafetensorsWriteOptions& opts = {});
+// Creates the planned file (refusing an existing one): header, then the size.
+void create_safetensors_file(const SafetensorsFilePlan& plan);
+
+class SafetensorsPartWriter {
+ public:
+  explicit SafetensorsPartWriter(const SafetensorsFilePlan& plan);  // opens the created file for writing
+  ~SafetensorsPartWriter();
+  SafetensorsPartWriter(const SafetensorsPartWriter&) = delete;
+  SafetensorsPartWriter& operator=(const SafetensorsPartWriter&) = delete;
+  // The bytes [offset, offset + n) of tensor `name` (dg::Error naming file and tensor on an I/O error).
+  void write(std::string_view name, std::uint64_t offset, const void* data, std::size_t n);
+  void sync();  // fsync: what this process wrote is on disk
+
+ private:
+  const SafetensorsFilePlan& plan_;
+  int fd_ = -1;
 };
 
 // Writes named tensors (any devices) as one file.
@@ -245,6 +282,9 @@ class ShardedSafetensors {
   const SafetensorsFile& file_of(std::string_view name) const;
   std::span<const std::byte> bytes(std::string_view name) const { return file_of(name).bytes(name); }
   Tensor tensor(std::string_view name) const { return file_of(name).tensor(name); }
+  void release(std::string_view name, std::uint64_t begin, std::uint64_t end) const {
+    file_of(name).release(name, begin, end);
+  }
 
   const std::vector<SafetensorsFile>& files() const { return files_; }
   std::uint64_t total_size() const;  // summed data bytes of all files

@@ -3,7 +3,11 @@
 // atomic SafetensorsWriter that takes each tensor's bytes in any order.
 #include <fmt/ranges.h>
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <cstring>
 
 #include "io/atomic_file.h"
@@ -203,6 +207,79 @@ void SafetensorsWriter::finish() {
   for (std::size_t i = 0; i < layout_.size(); ++i)
     if (!done_[i]) fail("{}: tensor \"{}\" was never written", path(), layout_[i].name);
   file_->commit();
+}
+
+// ---- one file, several writers ------------------------------------------------------------------------
+SafetensorsFilePlan plan_safetensors_file(std::string path, std::vector<TensorSpec> tensors,
+                                          const SafetensorsWriteOptions& opts) {
+  SafetensorsFilePlan p;
+  p.layout = plan_safetensors_layout(std::move(tensors), path);
+  if (opts.metadata)
+    for (const auto& [k, v] : *opts.metadata)
+      if (!valid_utf8(k) || !valid_utf8(v)) fail_config("{}: __metadata__ entry \"{}\" is not valid UTF-8", path, k);
+  p.header = safetensors_header_json(p.layout, opts.metadata);
+  if (p.header.size() > kMaxHeaderSize)
+    fail_config("{}: header of {} bytes exceeds the safetensors limit of {} bytes", path, p.header.size(), kMaxHeaderSize);
+  p.data_start = 8 + p.header.size();
+  p.path = std::move(path);
+  return p;
+}
+
+const SafetensorsEntry& SafetensorsFilePlan::entry(std::string_view name) const {
+  for (const SafetensorsEntry& e : layout)
+    if (e.name == name) return e;
+  fail("{}: tensor \"{}\" is not one of the tensors planned for this file", path, name);
+}
+
+namespace {
+
+void write_all_at(int fd, const std::string& path, std::string_view what, std::uint64_t at, const void* data,
+                  std::size_t n) {
+  const auto* p = static_cast<const char*>(data);
+  while (n > 0) {
+    const ssize_t w = ::pwrite(fd, p, std::min<std::size_t>(n, std::size_t{1} << 30), static_cast<off_t>(at));
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) fail("{}: cannot write {}: {}", path, what, w < 0 ? std::strerror(errno) : "nothing written");
+    p += w, at += static_cast<std::uint64_t>(w), n -= static_cast<std::size_t>(w);
+  }
+}
+
+}  // namespace
+
+void create_safetensors_file(const SafetensorsFilePlan& plan) {
+  const int fd = ::open(plan.path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd < 0) fail("cannot create {}: {}", plan.path, std::strerror(errno));
+  try {
+    const std::uint64_t n = plan.header.size();
+    write_all_at(fd, plan.path, "the header", 0, &n, 8);
+    write_all_at(fd, plan.path, "the header", 8, plan.header.data(), plan.header.size());
+    if (::ftruncate(fd, static_cast<off_t>(plan.file_size())) != 0)
+      fail("{}: cannot size the file to {} bytes: {}", plan.path, plan.file_size(), std::strerror(errno));
+  } catch (...) {
+    ::close(fd);
+    throw;
+  }
+  ::close(fd);
+}
+
+SafetensorsPartWriter::SafetensorsPartWriter(const SafetensorsFilePlan& plan) : plan_(plan) {
+  fd_ = ::open(plan.path.c_str(), O_WRONLY | O_CLOEXEC);
+  if (fd_ < 0) fail("cannot open {} for writing: {}", plan.path, std::strerror(errno));
+}
+
+SafetensorsPartWriter::~SafetensorsPartWriter() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+void SafetensorsPartWriter::write(std::string_view name, std::uint64_t offset, const void* data, std::size_t n) {
+  const SafetensorsEntry& e = plan_.entry(name);
+  if (offset > e.nbytes() || n > e.nbytes() - offset)
+    fail("{}: tensor \"{}\": bytes [{}, {}) given, but it has {} bytes", plan_.path, name, offset, offset + n, e.nbytes());
+  write_all_at(fd_, plan_.path, fmt::format("tensor \"{}\"", name), plan_.data_start + e.begin + offset, data, n);
+}
+
+void SafetensorsPartWriter::sync() {
+  if (::fsync(fd_) != 0) fail("cannot fsync {}: {}", plan_.path, std::strerror(errno));
 }
 
 void save_safetensors(const std::string& path, const std::vector<std::pair<std::string, Tensor>>& tensors,

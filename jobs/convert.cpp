@@ -5,13 +5,20 @@
 //                       under "carried/<HF name>" (vision tower, ...), in their stored dtype; config.json
 //                       and generation_config.json go into the manifest's sections. Tensors are spread
 //                       over the ranks (largest first, to the least loaded rank); each rank streams its
-//                       own tensors from the mmap'ed files into its own rank file.
-//   --from h5 --to hf   the reverse: the same shard plan on every rank, shard i written by rank i % size,
-//                       the index, configs and tokenizer files by rank 0, all into OUT.tmp, renamed to OUT
-//                       when every rank is done.
+//                       own tensors from the mmap'ed files into its own rank file, 16 MiB at a time.
+//   --from h5 --to hf   the reverse: the same shard plan and the same spread of tensors over the ranks on
+//                       every rank; rank 0 creates every safetensors file (header, size) in OUT.tmp, each
+//                       rank writes its tensors at their offsets (pwrite), streamed from the checkpoint; the
+//                       index, configs and tokenizer files by rank 0, and OUT.tmp is renamed to OUT when
+//                       every rank is done (a failure anywhere removes OUT.tmp and leaves OUT as it was).
+// Memory: a rank holds pieces of 16 MiB plus, for a transposed tensor (experts), one of its matrices
+// (twice when writing HF), not the model nor a whole tensor; the bound is printed at start. Ranks with
+// nothing left to do wait in Comm::idle_barrier, without spinning a core.
 // HF -> H5 -> HF reproduces the original safetensors bytes (same tensors, dtypes, layout and shard size).
 // Reading the checkpoint verifies every shard against its manifest checksum (a corrupt rank file is exit 2,
 // naming it and the tensor); NaN / Inf weights are copied as they are both ways, with a warning naming them.
+#include <sys/resource.h>
+
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -24,6 +31,7 @@
 #include "io/hf_model.h"
 #include "io/hf_names.h"
 #include "io/safetensors.h"
+#include "io/transpose.h"
 #include "jobs/export.h"
 #include "jobs/checkpoint_group.h"
 #include "jobs/jobs.h"
@@ -51,15 +59,43 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-// dst [.., b, a] = src [.., a, b] for elements of `es` bytes.
-void transpose_bytes(const std::byte* src, const Shape& src_shape, std::size_t es, std::byte* dst) {
-  const std::int64_t a = src_shape[src_shape.size() - 2], b = src_shape.back();
-  const std::int64_t batch = shape_numel(src_shape) / std::max<std::int64_t>(a * b, 1);
-  for (std::int64_t z = 0; z < batch; ++z)
-    for (std::int64_t i = 0; i < a; ++i)
-      for (std::int64_t j = 0; j < b; ++j)
-        std::memcpy(dst + static_cast<std::size_t>(z * a * b + j * a + i) * es,
-                    src + static_cast<std::size_t>(z * a * b + i * b + j) * es, es);
+constexpr std::int64_t kPieceBytes = std::int64_t{16} << 20;  // the streaming unit, both directions
+
+// find_non_finite over consecutive ranges of one tensor: the first one's index in the whole tensor.
+struct NonFiniteScan {
+  NonFinite found;
+  void add(const void* data, DType t, std::int64_t first, std::int64_t n) {
+    const NonFinite b = find_non_finite(data, t, n);
+    if (!b) return;
+    if (!found) found.first = first + b.first, found.first_value = b.first_value;
+    found.count += b.count;
+  }
+};
+
+// Runs fn; a rank done early waits in an idle barrier; then every rank throws the lowest failing rank's
+// error, if any (dg::agree), after `on_error` ran on every rank.
+void agree_idle(Comm& world, const std::function<void()>& fn, const std::function<void()>& on_error = {}) {
+  std::exception_ptr error;
+  try {
+    fn();
+  } catch (...) {
+    error = std::current_exception();
+  }
+  world.idle_barrier();
+  try {
+    agree(world, [&] {
+      if (error) std::rethrow_exception(error);
+    });
+  } catch (...) {
+    if (on_error) on_error();
+    throw;
+  }
+}
+
+std::int64_t peak_rss_kb() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return u.ru_maxrss;  // KiB on Linux
 }
 
 Shape swapped(Shape s) {
@@ -93,11 +129,69 @@ void warn_any_rank(const Comm& world, fmt::format_string<Args...> f, Args&&... a
 }
 
 void finish_report(Comm& world, const Progress& p, const std::string& what) {
-  std::int64_t mine[2] = {static_cast<std::int64_t>(p.bytes), static_cast<std::int64_t>(p.tensors)}, all[2] = {0, 0};
-  world.all_reduce(mine, all, 2, DType::I64, ReduceOp::Sum);
   const double s = std::max(1e-9, std::chrono::duration<double>(Clock::now() - p.start).count());
-  log::info("convert: {} tensors, {:.1f} MB in {:.2f} s ({:.1f} MB/s over {} rank(s)) -> {}", all[1], all[0] * 1e-6, s,
-            all[0] * 1e-6 / s, world.size(), what);
+  std::int64_t mine[2] = {static_cast<std::int64_t>(p.bytes), static_cast<std::int64_t>(p.tensors)}, all[2] = {0, 0};
+  std::int64_t rss = peak_rss_kb();
+  world.all_reduce(mine, all, 2, DType::I64, ReduceOp::Sum);
+  world.all_reduce(&rss, &rss, 1, DType::I64, ReduceOp::Max);
+  log::info("convert: {} tensors, {:.1f} MB in {:.2f} s ({:.1f} MB/s over {} rank(s)), peak RSS {:.0f} MB (largest "
+            "rank) -> {}", all[1], all[0] * 1e-6, s, all[0] * 1e-6 / s, world.size(), rss * 1024e-6, what);
+}
+
+// Tensors spread over the ranks, largest first to the least loaded: the same answer on every rank.
+std::vector<int> spread_over_ranks(const std::vector<std::uint64_t>& bytes, int ranks) {
+  std::vector<std::size_t> order(bytes.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return bytes[a] > bytes[b]; });
+  std::vector<std::uint64_t> load(static_cast<std::size_t>(ranks), 0);
+  std::vector<int> owner(bytes.size());
+  for (std::size_t i : order) {
+    const auto r = static_cast<std::size_t>(std::min_element(load.begin(), load.end()) - load.begin());
+    owner[i] = static_cast<int>(r);
+    load[r] += bytes[i];
+  }
+  return owner;
+}
+
+// The bound on what a rank holds while converting, printed at start: `pieces` buffers of kPieceBytes and
+// `matrices` copies of the largest transposed matrix (process baseline and library buffers aside).
+void say_working_set(int pieces, std::int64_t largest_matrix_bytes, int matrices) {
+  const double mib = 1.0 / (1 << 20), matrix = static_cast<double>(largest_matrix_bytes) * mib;
+  log::info("convert: working set per rank <= {:.0f} MiB: {} x {} MiB pieces + {} x the largest transposed matrix "
+            "({:.1f} MiB); not the model, nor a whole tensor", pieces * static_cast<double>(kPieceBytes) * mib +
+            matrices * matrix, pieces, kPieceBytes >> 20, matrices, matrix);
+}
+
+// One tensor of an HF file into the checkpoint, streamed: `piece` elements at a time in the checkpoint's
+// order, transposed from the mmap'ed source when the layouts differ, the source pages released behind.
+void copy_hf_tensor(const ShardedSafetensors& files, const std::string& hf, bool transposed, CheckpointWriter& writer,
+                    const std::string& key, NonFiniteScan& scan) {
+  const SafetensorsEntry& e = files.entry(hf);
+  const std::span<const std::byte> src = files.bytes(hf);
+  const DType t = *e.type;
+  const std::size_t es = dtype_size(t);
+  if (!transposed) {
+    writer.add_pieces(key, e.shape, t, std::max<std::int64_t>(1, kPieceBytes / static_cast<std::int64_t>(es)),
+                      [&](std::int64_t first, std::int64_t n, void* dst) {
+                        const std::size_t at = static_cast<std::size_t>(first) * es, len = static_cast<std::size_t>(n) * es;
+                        scan.add(src.data() + at, t, first, n);
+                        std::memcpy(dst, src.data() + at, len);
+                        files.release(hf, at, at + len);
+                      });
+    return;
+  }
+  // The checkpoint's [.., q, p] of the HF [.., p, q], in whole rows of p elements.
+  const std::int64_t row = std::max<std::int64_t>(1, e.shape[e.shape.size() - 2]), mat = row * e.shape.back();
+  const std::int64_t piece = std::max<std::int64_t>(1, kPieceBytes / static_cast<std::int64_t>(es) / row) * row;
+  std::int64_t scanned = 0;  // source matrices checked for non-finite values so far
+  writer.add_pieces(key, swapped(e.shape), t, piece, [&](std::int64_t first, std::int64_t n, void* dst) {
+    for (; scanned * mat < first + n; ++scanned)  // each source matrix once, in HF order
+      scan.add(src.data() + static_cast<std::size_t>(scanned * mat) * es, t, scanned * mat, mat);
+    transpose_range(src.data(), e.shape, es, first, n, static_cast<std::byte*>(dst));
+    const std::int64_t from = first / mat * mat, done = (first + n) / mat * mat;  // source matrices finished
+    if (done > from) files.release(hf, static_cast<std::size_t>(from) * es, static_cast<std::size_t>(done) * es);
+  });
+  files.release(hf, 0, src.size());
 }
 
 int hf_to_h5(JobContext& ctx, const std::string& in, const std::string& out) {
@@ -137,17 +231,16 @@ int hf_to_h5(JobContext& ctx, const std::string& in, const std::string& out) {
     fail_config("{}: missing tensor '{}' ({} missing in all)", files.path(), native_to_hf(expected.begin()->first).name,
                 expected.size());
 
-  // Largest first to the least loaded rank: the same answer on every rank.
-  std::vector<std::size_t> order(items.size());
-  std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return items[a].bytes > items[b].bytes; });
-  std::vector<std::uint64_t> load(static_cast<std::size_t>(world.size()), 0);
-  std::vector<int> owner(items.size());
-  for (std::size_t i : order) {
-    const auto r = static_cast<std::size_t>(std::min_element(load.begin(), load.end()) - load.begin());
-    owner[i] = static_cast<int>(r);
-    load[r] += items[i].bytes;
+  std::vector<std::uint64_t> sizes;
+  std::int64_t largest_matrix = 0;
+  for (const Item& it : items) {
+    sizes.push_back(it.bytes);
+    const SafetensorsEntry& e = files.entry(it.hf);
+    if (it.name.transposed)
+      largest_matrix = std::max<std::int64_t>(largest_matrix, e.shape[e.shape.size() - 2] * e.shape.back() * (e.bits / 8));
   }
+  const std::vector<int> owner = spread_over_ranks(sizes, world.size());
+  say_working_set(2, largest_matrix, 1);  // the writer's piece, the source pages of one piece; a source matrix
 
   CheckpointWriterOptions wopts;
   wopts.overwrite = ctx.vm["overwrite"].as<bool>();
@@ -159,37 +252,113 @@ int hf_to_h5(JobContext& ctx, const std::string& in, const std::string& out) {
   writer.set_section("source", {{"format", "hf"}, {"path", fs::absolute(in).string()}});
   Progress prog;
   prog.total_tensors = static_cast<std::uint64_t>(std::count(owner.begin(), owner.end(), world.rank()));
-  std::vector<std::byte> buf;
   // A failed write (disk full, I/O error) stops this rank's writing; the writer keeps the error and the
   // commit below reports it on every rank together and removes the partial step_N.tmp (exit 1).
-  bool write_failed = false;
-  for (std::size_t i = 0; i < items.size() && !write_failed; ++i) {
+  for (std::size_t i = 0; i < items.size(); ++i) {
     if (owner[i] != world.rank()) continue;
-    const SafetensorsEntry& e = files.entry(items[i].hf);
-    const std::span<const std::byte> src = files.bytes(items[i].hf);
-    const Shape shape = items[i].name.transposed ? swapped(e.shape) : e.shape;
-    const std::byte* data = src.data();
+    NonFiniteScan scan;
+    try {
+      copy_hf_tensor(files, items[i].hf, items[i].name.transposed, writer, items[i].key, scan);
+    } catch (const std::exception&) {
+      break;
+    }
     // Non-finite weights are copied as they are (the conversion is lossless) but named: loading them for
     // compute (generate, sft) refuses them.
-    if (const NonFinite bad = find_non_finite(src.data(), *e.type, e.numel()))
+    if (const NonFinite& bad = scan.found)
       warn_any_rank(world, "convert: {}: tensor '{}': non-finite value {} at element {} ({} non-finite in all); copied "
                     "as is", files.file_of(items[i].hf).path(), items[i].hf, bad.first_value, bad.first, bad.count);
-    if (items[i].name.transposed) {
-      buf.resize(src.size());
-      transpose_bytes(src.data(), e.shape, dtype_size(*e.type), buf.data());
-      data = buf.data();
-    }
-    try {
-      writer.add(items[i].key, shape, *e.type, Slice::whole(shape), data);
-    } catch (const std::exception&) {
-      write_failed = true;
-      continue;
-    }
-    prog.add(e.nbytes());
+    prog.add(items[i].bytes);
   }
   const std::string done = writer.commit();
   finish_report(world, prog, done);
   return 0;
+}
+
+struct ExportItem {
+  std::string key;  // checkpoint key
+  HfName name;      // HF name (in .name) and transpose flag
+  DType stored, written;
+  Shape hf_shape;
+};
+
+// Pieces of a checkpoint tensor (its elements in row-major order, in the stored dtype, in order) into their
+// place in an HF file: converted to the written dtype; a transposed tensor is gathered one matrix (native
+// [a, b]) at a time and written as HF's [b, a].
+class HfTensorSink {
+ public:
+  HfTensorSink(const ExportItem& it, SafetensorsPartWriter& out) : it_(it), out_(out), es_(dtype_size(it.written)) {
+    if (!it.name.transposed) return;
+    rows_ = it.hf_shape[it.hf_shape.size() - 1];
+    cols_ = it.hf_shape[it.hf_shape.size() - 2];
+    matrix_.resize(static_cast<std::size_t>(rows_ * cols_) * es_);
+    flipped_.resize(matrix_.size());
+  }
+
+  void put(std::int64_t first, const void* data, std::int64_t n) {
+    DG_CHECK(first == next_, "{}: piece at {} after {} elements", it_.key, first, next_);
+    next_ += n;
+    const auto* bytes = static_cast<const std::byte*>(data);
+    Tensor converted;
+    if (it_.written != it_.stored) {
+      converted = Tensor::view_of(const_cast<void*>(data), {n}, it_.stored).to(it_.written);
+      bytes = static_cast<const std::byte*>(converted.raw());
+    }
+    if (!it_.name.transposed) {
+      out_.write(it_.name.name, static_cast<std::uint64_t>(first) * es_, bytes, static_cast<std::size_t>(n) * es_);
+      return;
+    }
+    const std::int64_t mat = rows_ * cols_;
+    while (n > 0) {
+      const std::int64_t k = std::min(n, mat - filled_);
+      std::memcpy(matrix_.data() + static_cast<std::size_t>(filled_) * es_, bytes, static_cast<std::size_t>(k) * es_);
+      filled_ += k, n -= k, bytes += static_cast<std::size_t>(k) * es_;
+      if (filled_ < mat) continue;
+      transpose_rows(matrix_.data(), rows_, cols_, es_, 0, cols_, flipped_.data());
+      out_.write(it_.name.name, static_cast<std::uint64_t>(z_ * mat) * es_, flipped_.data(), flipped_.size());
+      ++z_, filled_ = 0;
+    }
+  }
+
+  void finish() const {
+    DG_CHECK(next_ == shape_numel(it_.hf_shape) && filled_ == 0, "{}: {} of {} elements written", it_.key, next_,
+             shape_numel(it_.hf_shape));
+  }
+
+ private:
+  const ExportItem& it_;
+  SafetensorsPartWriter& out_;
+  std::size_t es_;
+  std::int64_t rows_ = 0, cols_ = 0, next_ = 0, filled_ = 0, z_ = 0;
+  std::vector<std::byte> matrix_, flipped_;
+};
+
+bool one_whole_shard(const CheckpointTensor& t) {
+  if (t.shards.size() != 1) return false;
+  const Slice& s = t.shards[0].slice;
+  return s.flat ? s.begin == 0 && s.end == shape_numel(t.shape)
+                : s.count == t.shape && std::all_of(s.offset.begin(), s.offset.end(), [](std::int64_t v) { return v == 0; });
+}
+
+// One checkpoint tensor into its HF file, checksum-verified: streamed in the reader's 16 MiB pieces when
+// one dataset holds it (convert-made checkpoints), else (shards over several rank files, sft) read whole.
+void export_tensor(CheckpointReader& reader, const ExportItem& it, SafetensorsPartWriter& out, const Comm& world) {
+  const CheckpointTensor& t = reader.tensor(it.key);
+  HfTensorSink sink(it, out);
+  NonFiniteScan scan;
+  if (one_whole_shard(t)) {
+    reader.verify_tensor(it.key, [&](const CheckpointShard&, std::int64_t first, const void* data, std::int64_t n) {
+      scan.add(data, t.dtype, first, n);
+      sink.put(first, data, n);
+    });
+  } else {
+    const Tensor whole = reader.read(it.key, Slice::whole(t.shape));
+    scan.add(whole.raw(), t.dtype, 0, whole.numel());
+    sink.put(0, whole.raw(), whole.numel());
+  }
+  sink.finish();
+  if (const NonFinite& bad = scan.found)
+    warn_any_rank(world, "convert: checkpoint tensor '{}': non-finite value {} at element {} ({} non-finite in all); "
+                  "copied as is", it.key, bad.first_value, bad.first, bad.count);
 }
 
 }  // namespace
@@ -211,12 +380,7 @@ int export_checkpoint_to_hf(Comm& world, const std::string& in, const std::strin
   if (role != "param" && role != "master") fail_config("convert: --role must be auto, param or master");
   if (dtype_opt != "keep" && dtype_opt != "bf16" && dtype_opt != "f32") fail_config("convert: --dtype must be keep, bf16 or f32");
 
-  struct Item {
-    std::string key;  // checkpoint key
-    HfName name;      // HF name (in .name) and transpose flag
-    DType stored, written;
-    Shape hf_shape;
-  };
+  using Item = ExportItem;
   std::vector<Item> items;
   std::map<std::string, Shape> expected;
   for (const ParamSpec& p : model_params(c)) expected.emplace(p.name, p.shape);
@@ -240,72 +404,75 @@ int export_checkpoint_to_hf(Comm& world, const std::string& in, const std::strin
     fail_config("{}: no '{}' tensor for {} ({} missing in all)", reader.dir(), role, expected.begin()->first, expected.size());
 
   std::vector<TensorSpec> specs;
-  std::map<std::string, std::size_t> by_name;
-  for (std::size_t i = 0; i < items.size(); ++i) {
-    specs.push_back({items[i].name.name, std::string(safetensors_dtype(items[i].written).name), items[i].hf_shape});
-    by_name[items[i].name.name] = i;
-  }
+  for (const Item& it : items)
+    specs.push_back({it.name.name, std::string(safetensors_dtype(it.written).name), it.hf_shape});
   const ShardPlan plan = plan_shards(specs, o.max_shard_size);
 
   const fs::path final_dir = fs::path(out).lexically_normal(), tmp = final_dir.string() + ".tmp";
-  const bool overwrite = o.overwrite;
-  const std::vector<std::string>& extra = o.extra_files;
-  std::int32_t ok = 1;
-  std::string problem;
-  if (world.rank() == 0) {
-    if (fs::exists(final_dir) && !overwrite) {
-      ok = 0;
-      problem = fmt::format("output directory {} already exists (use --overwrite to replace it)", final_dir.string());
-    } else {
-      std::error_code ec;
-      fs::remove_all(tmp, ec);
-      if (!fs::create_directories(tmp, ec)) ok = 0, problem = fmt::format("cannot create {}: {}", tmp.string(), ec.message());
-    }
+  // Every file's layout, the same on every rank; where each item goes; who writes it.
+  std::vector<SafetensorsFilePlan> file_plans;
+  for (std::size_t f = 0; f < plan.files.size(); ++f)
+    file_plans.push_back(plan_safetensors_file((tmp / plan.files[f]).string(), plan.tensors[f]));
+  std::map<std::string, std::size_t> file_of;
+  for (std::size_t f = 0; f < plan.files.size(); ++f)
+    for (const TensorSpec& s : plan.tensors[f]) file_of[s.name] = f;
+  std::vector<std::uint64_t> sizes;
+  std::int64_t largest_matrix = 0;
+  for (const Item& it : items) {
+    sizes.push_back(file_plans[file_of.at(it.name.name)].entry(it.name.name).nbytes());
+    if (it.name.transposed)
+      largest_matrix = std::max<std::int64_t>(largest_matrix, it.hf_shape[it.hf_shape.size() - 2] * it.hf_shape.back() *
+                                                                  static_cast<std::int64_t>(dtype_size(it.written)));
   }
-  world.broadcast(&ok, 1, DType::I32, 0);
-  if (!ok) {
-    if (world.rank() == 0) fail_config("{}", problem);
-    return 2;  // rank 0 reports; the others stop quietly with the same code
-  }
+  const std::vector<int> owner = spread_over_ranks(sizes, world.size());
+  if (o.report) say_working_set(3, largest_matrix, 2);  // the read piece and its conversion; matrix + transpose
+
+  // Rank 0: refuse an existing output (unless overwriting), create OUT.tmp and every file in it.
+  agree(world, [&] {
+    if (world.rank() != 0) return;
+    if (fs::exists(final_dir) && !o.overwrite)
+      fail_config("output directory {} already exists (use --overwrite to replace it)", final_dir.string());
+    std::error_code ec;
+    fs::remove_all(tmp, ec);
+    if (!fs::create_directories(tmp, ec)) fail_config("cannot create {}: {}", tmp.string(), ec.message());
+    for (const SafetensorsFilePlan& fp : file_plans) create_safetensors_file(fp);
+  });
+  auto drop_tmp = [&] {
+    if (world.rank() != 0) return;
+    std::error_code ec;
+    fs::remove_all(tmp, ec);
+  };
 
   Progress prog;
-  for (std::size_t f = 0; f < plan.files.size(); ++f) prog.total_tensors += static_cast<int>(f) % world.size() == world.rank() ? plan.tensors[f].size() : 0;
-  std::vector<std::byte> buf;
-  for (std::size_t f = 0; f < plan.files.size(); ++f) {
-    if (static_cast<int>(f % static_cast<std::size_t>(world.size())) != world.rank()) continue;
-    SafetensorsWriter writer((tmp / plan.files[f]).string(), plan.tensors[f]);
-    for (const TensorSpec& s : plan.tensors[f]) {
-      const Item& it = items[by_name.at(s.name)];
-      Tensor t = reader.read(it.key, Slice::whole(reader.tensor(it.key).shape));  // checksum-verified
-      if (const NonFinite bad = find_non_finite(t.raw(), t.dtype(), t.numel()))
-        warn_any_rank(world, "convert: checkpoint tensor '{}': non-finite value {} at element {} ({} non-finite in all); "
-                      "copied as is", it.key, bad.first_value, bad.first, bad.count);
-      if (it.written != it.stored) t = t.to(it.written);
-      const std::size_t es = dtype_size(it.written), nbytes = static_cast<std::size_t>(t.numel()) * es;
-      if (it.name.transposed) {
-        buf.resize(nbytes);
-        transpose_bytes(static_cast<const std::byte*>(t.raw()), t.shape(), es, buf.data());
-        writer.write(s.name, buf.data(), nbytes);
-      } else {
-        writer.write(s.name, t.raw(), nbytes);
-      }
-      prog.add(nbytes);
+  prog.total_tensors = static_cast<std::uint64_t>(std::count(owner.begin(), owner.end(), world.rank()));
+  agree_idle(world, [&] {
+    std::map<std::size_t, std::unique_ptr<SafetensorsPartWriter>> writers;  // the files this rank writes into
+    for (std::size_t i = 0; i < items.size(); ++i) {
+      if (owner[i] != world.rank()) continue;
+      const std::size_t f = file_of.at(items[i].name.name);
+      auto& w = writers[f];
+      if (!w) w = std::make_unique<SafetensorsPartWriter>(file_plans[f]);
+      export_tensor(reader, items[i], *w, world);
+      prog.add(sizes[i]);
     }
-    writer.finish();
-  }
-  reader.close_files();
-  world.barrier();
-  if (world.rank() == 0) {
+    reader.close_files();
+    for (auto& [f, w] : writers) w->sync();
+  }, drop_tmp);
+
+  // Rank 0: the index, configs and extra files, then OUT.tmp -> OUT.
+  agree_idle(world, [&] {
+    if (world.rank() != 0) return;
     if (plan.sharded()) write_file_atomic((tmp / kSafetensorsIndexName).string(), shard_index_json(plan), false);
     write_file_atomic((tmp / "config.json").string(), config_json.dump(2) + "\n", false);
     if (reader.has_section("hf_generation_config"))
       write_file_atomic((tmp / "generation_config.json").string(), reader.section("hf_generation_config").dump(2) + "\n", false);
-    for (const std::string& f : extra) {
+    for (const std::string& f : o.extra_files) {
       std::ifstream src(f, std::ios::binary);
       const std::string bytes((std::istreambuf_iterator<char>(src)), std::istreambuf_iterator<char>());
       write_file_atomic((tmp / fs::path(f).filename()).string(), bytes, false);
     }
     for (const auto& [name, bytes] : o.extra_contents) write_file_atomic((tmp / name).string(), bytes, false);
+    fsync_directory(tmp.string());
     std::error_code ec;
     if (fs::exists(final_dir)) {
       const fs::path old = final_dir.string() + ".old";
@@ -317,8 +484,7 @@ int export_checkpoint_to_hf(Comm& world, const std::string& in, const std::strin
       fs::rename(tmp, final_dir);
     }
     fsync_directory(final_dir.has_parent_path() ? final_dir.parent_path().string() : ".");
-  }
-  world.barrier();
+  }, drop_tmp);
   if (o.report) finish_report(world, prog, final_dir.string());
   return 0;
 }

@@ -48,6 +48,11 @@ class Comm {
   virtual std::unique_ptr<PendingCollective> reduce_scatter_async(const void* send, void* recv, std::size_t count,
                                                                   DType t, ReduceOp op);
   virtual void barrier() = 0;
+  // A barrier for a rank that has nothing to do until the others arrive (a rank done with its share of
+  // the files, waiting for the rest): it waits without spinning a core, so the ranks still working keep
+  // the CPU. MPI polls a non-blocking barrier with a short sleep in between (latency ~1 ms, which only
+  // matters for waits that are short anyway); the default is barrier().
+  virtual void idle_barrier() { barrier(); }
   virtual void synchronize() {}  // wait for enqueued device work (no-op for MPI)
   // Sub-group of the ranks that pass the same color, ordered by key (then by rank).
   virtual std::unique_ptr<Comm> split(int color, int key) = 0;

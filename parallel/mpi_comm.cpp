@@ -1,7 +1,10 @@
 // MpiComm: collectives over host buffers with MPI.
 #include <mpi.h>
 
+#include <algorithm>
+#include <chrono>
 #include <climits>
+#include <thread>
 
 #include "parallel/comm.h"
 
@@ -120,6 +123,18 @@ class MpiComm final : public Comm {
     check_mpi(MPI_Bcast(buf, checked_count(count, "broadcast"), mpi_type(t, false), root, comm_), "Bcast");
   }
   void barrier() override { check_mpi(MPI_Barrier(comm_), "Barrier"); }
+  void idle_barrier() override {
+    MPI_Request r = MPI_REQUEST_NULL;
+    check_mpi(MPI_Ibarrier(comm_, &r), "Ibarrier");
+    int done = 0;
+    // MPI_Test drives the progress engine once; between tests the thread sleeps (50 us, growing to 2 ms)
+    // instead of spinning in MPI_Wait as Open MPI does.
+    for (auto pause = std::chrono::microseconds(50);; pause = std::min(2 * pause, std::chrono::microseconds(2000))) {
+      check_mpi(MPI_Test(&r, &done, MPI_STATUS_IGNORE), "Test");
+      if (done) return;
+      std::this_thread::sleep_for(pause);
+    }
+  }
   std::unique_ptr<Comm> split(int color, int key) override {
     MPI_Comm sub = MPI_COMM_NULL;
     check_mpi(MPI_Comm_split(comm_, color, key, &sub), "Comm_split");
