@@ -7,20 +7,23 @@ namespace dg {
 
 namespace {
 
-constexpr std::int64_t kTile = 64;
-
-// One element type: tiles of kTile x kTile, each read once and written once while it sits in L1.
+// One element type, one tile at a time: the tile's source rows are copied (memcpy) into a small buffer,
+// transposed there (it sits in L1, with no power-of-two strides to alias), and its rows copied out
+// (memcpy) to the destination. Tiles of 64 x 64 elements (32 x 32 for elements over 2 bytes).
 template <class T>
 void tiled(const T* src, std::int64_t a, std::int64_t b, std::int64_t j0, std::int64_t j1, T* dst) {
+  constexpr std::int64_t kTile = sizeof(T) <= 2 ? 64 : 32;
+  alignas(64) T in[kTile * kTile], out[kTile * kTile];
   for (std::int64_t jt = j0; jt < j1; jt += kTile) {
-    const std::int64_t je = std::min(jt + kTile, j1);
+    const std::int64_t nj = std::min(kTile, j1 - jt);
     for (std::int64_t it = 0; it < a; it += kTile) {
-      const std::int64_t ie = std::min(it + kTile, a);
-      for (std::int64_t j = jt; j < je; ++j) {
-        T* d = dst + (j - j0) * a;
-        const T* s = src + j;
-        for (std::int64_t i = it; i < ie; ++i) d[i] = s[i * b];
-      }
+      const std::int64_t ni = std::min(kTile, a - it);
+      for (std::int64_t i = 0; i < ni; ++i)
+        std::memcpy(in + i * kTile, src + (it + i) * b + jt, static_cast<std::size_t>(nj) * sizeof(T));
+      for (std::int64_t j = 0; j < nj; ++j)
+        for (std::int64_t i = 0; i < ni; ++i) out[j * kTile + i] = in[i * kTile + j];
+      for (std::int64_t j = 0; j < nj; ++j)
+        std::memcpy(dst + (jt - j0 + j) * a + it, out + j * kTile, static_cast<std::size_t>(ni) * sizeof(T));
     }
   }
 }

@@ -1,7 +1,8 @@
 // The one transpose of dgemma's HF <-> native layouts: Hugging Face stores the experts' gate_up / down
 // projections as [.., b, a] where dgemma keeps [.., a, b] (io/hf_names.h), so conversion transposes the
-// last two dimensions, in both directions, with the same code. Cache-tiled: 64 x 64 element tiles moved
-// with typed loads and stores (elements of 1, 2, 4 or 8 bytes), not an element-sized memcpy call each.
+// last two dimensions, in both directions, with the same code. Cache-tiled: each tile's source rows are
+// copied (memcpy) into a buffer in L1, transposed there with typed moves (elements of 1, 2, 4, 8 or 16
+// bytes), and its rows copied (memcpy) to the destination; never an element-sized memcpy call each.
 #pragma once
 #include <cstddef>
 #include <cstdint>

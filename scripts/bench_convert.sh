@@ -28,10 +28,11 @@ mkdir -p "$work"
 [[ "${KEEP:-0}" == 1 ]] || trap 'rm -rf "$work"' EXIT
 
 # ---- the model: vocabulary 2048, H 1024, LAYERS layers of 16 experts (Fm 1024) ------------------------
-types=$(for ((l = 1; l <= LAYERS; l++)); do
-  ((l % 6 == 0)) && printf '"full_attention"' || printf '"sliding_attention"'
-  ((l < LAYERS)) && printf ', '
-done)
+types=""
+for ((l = 1; l <= LAYERS; l++)); do
+  if ((l % 6 == 0 || l == LAYERS)); then types+='"full_attention"'; else types+='"sliding_attention"'; fi
+  if ((l < LAYERS)); then types+=', '; fi
+done
 cat >"$work/config.json" <<JSON
 {
   "architectures": ["DiffusionGemmaForBlockDiffusion"], "model_type": "diffusion_gemma",
