@@ -11,6 +11,10 @@
 // on more than one rank and --world is not a hypothetical size - the GB/s of the real collectives
 // (all-gather / reduce-scatter over the unit's group; MeshExpertExchange and the reference recipe's
 // all-gather + all-reduce over the ep group) on buffers of those sizes.
+//
+// --what model (jobs/bench_model.cpp) times the model's passes on the CPU for a model config (--preset,
+// tiny by default there, or --model-config): encoder forward, decoder forward, one generation denoising
+// step with the sampler, and one SFT step (forward + backward + AdamW), min and median over --iters.
 #include <algorithm>
 #include <chrono>
 #include <filesystem>
@@ -36,7 +40,7 @@ namespace dg {
 void bench_options(po::options_description& d) {
   add_device_option(d);
   d.add_options()
-      ("what", po::value<std::string>()->default_value("all"), "gemm, comm, ops, fsdp, ep or all (= gemm and comm)")
+      ("what", po::value<std::string>()->default_value("all"), "gemm, comm, ops, fsdp, ep, model or all (= gemm and comm)")
       ("tokens", po::value<std::int64_t>()->value_name("N"), "ops: tokens per call (rows, default 2048); ep: tokens per rank per micro-batch, the T of each MoE call (default 4096)")
       ("hidden", po::value<std::int64_t>()->default_value(2816), "ops: hidden size (2816 = 26B-A4B)")
       ("vocab", po::value<std::int64_t>()->default_value(32768), "ops: vocabulary rows for the LM-head ops")
@@ -45,8 +49,10 @@ void bench_options(po::options_description& d) {
       ("k", po::value<std::int64_t>()->default_value(512), "GEMM inner dimension")
       ("iters", po::value<int>()->default_value(10), "timed repetitions per measurement")
       ("comm-mb", po::value<double>()->default_value(16.0, "16.0"), "collective message size per rank, MiB")
-      ("preset", po::value<std::string>()->default_value("diffusiongemma-26b-a4b"), "fsdp, ep: the model config, a built-in preset (tiny, diffusiongemma-26b-a4b)")
-      ("model-config", po::value<std::string>()->value_name("FILE"), "fsdp, ep: a config.json (or an HF model directory) instead of --preset")
+      ("preset", po::value<std::string>()->default_value("diffusiongemma-26b-a4b"), "fsdp, ep, model: the model config, a built-in preset (tiny, diffusiongemma-26b-a4b; model: tiny unless given)")
+      ("model-config", po::value<std::string>()->value_name("FILE"), "fsdp, ep, model: a config.json (or an HF model directory) instead of --preset (model: a directory's weights are loaded when it has them, otherwise random weights)")
+      ("batch", po::value<int>()->default_value(4), "model: prompts per batch (and examples of the SFT micro-batch)")
+      ("prompt-len", po::value<int>()->default_value(64), "model: prompt tokens per row (the SFT sequence is the prompt plus one canvas)")
       ("ep", po::value<int>()->default_value(1), "fsdp, ep: expert-parallel size of the mesh (divides the world size and the number of experts)")
       ("world", po::value<int>()->default_value(0), "fsdp, ep: compute the bytes for a mesh of this many ranks instead of the MPI world (bytes only, nothing is timed)")
       ("dtype", po::value<std::string>()->default_value("both"), "fsdp, ep: bytes per element of the compute copies and the exchanged rows: bf16 (GPU), f32 (CPU backend) or both")
@@ -568,11 +574,13 @@ void bench_ep(JobContext& ctx, std::vector<Result>& out) {
 
 }  // namespace
 
+int bench_model_run(JobContext& ctx);  // jobs/bench_model.cpp
+
 int bench_run(JobContext& ctx) {
   const std::string what = ctx.vm["what"].as<std::string>();
-  static const std::vector<std::string> whats = {"gemm", "comm", "ops", "fsdp", "ep", "all"};
+  static const std::vector<std::string> whats = {"gemm", "comm", "ops", "fsdp", "ep", "model", "all"};
   if (std::find(whats.begin(), whats.end(), what) == whats.end())
-    fail_config("bench: --what must be gemm, comm, ops or all (= gemm and comm), or fsdp or ep; not '{}'", what);
+    fail_config("bench: --what must be gemm, comm, ops or all (= gemm and comm), or fsdp, ep or model; not '{}'", what);
   if (ctx.vm.count("tokens") && ctx.vm["tokens"].as<std::int64_t>() <= 0) fail_config("bench: --tokens must be positive");
   log::info("bench: device {}", device_name(resolve_device(ctx, "bench", true)));
   for (const char* dim : {"hidden", "vocab"})
@@ -585,6 +593,7 @@ int bench_run(JobContext& ctx) {
     if (ctx.vm[dim].as<std::int64_t>() <= 0) fail_config("bench: --{} must be positive", dim);
   if (ctx.vm["iters"].as<int>() <= 0) fail_config("bench: --iters must be positive");
   if (ctx.vm["comm-mb"].as<double>() <= 0) fail_config("bench: --comm-mb must be positive");
+  if (what == "model") return bench_model_run(ctx);  // its own table (min and median)
 
   std::vector<Result> results;
   if (what == "gemm" || what == "all") bench_gemm(ctx, results);
