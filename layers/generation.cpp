@@ -138,14 +138,12 @@ std::vector<GenerationResult> generate(const ModelConfig& c, const ModelWeights&
       const float temperature = static_cast<float>(g.t_min) +
                                 static_cast<float>(g.t_max - g.t_min) * static_cast<float>(s) / static_cast<float>(N);
       Tensor entropy = Tensor::empty({B * C}, DType::F32, dev), step_amax = Tensor::empty({B * C}, DType::I32, dev),
-             lse = Tensor::empty({B * C}, DType::F32, dev), sampled = Tensor::empty({B * C}, DType::I32, dev);
-      lm_head_entropy_argmax(hidden, w.embed_tokens, temperature, entropy, step_amax, &lse, head);
+             sampled = Tensor::empty({B * C}, DType::I32, dev), next_soft = Tensor::empty({B * C, H}, DType::F32, dev);
       const Tensor uniforms = upload<float>(dev, {B * C}, DType::F32, [&](std::int64_t i) {
         return rng::uniform(rng::key(g.seed, rng::Purpose::Sample, step, sample_index(i / C), static_cast<std::uint64_t>(i % C)));
       });
-      lm_head_sample(hidden, w.embed_tokens, temperature, lse, uniforms, sampled, head);
-      Tensor next_soft = Tensor::empty({B * C, H}, DType::F32, dev);
-      lm_head_soft_embedding(hidden, w.embed_tokens, temperature, scale, next_soft, head);
+      // One vocabulary pass: entropy, argmax, the categorical sample and the self-conditioning input.
+      lm_head_sampler(hidden, w.embed_tokens, temperature, scale, uniforms, entropy, step_amax, sampled, next_soft, head);
 
       // Frozen rows keep x, argmax and the self-conditioning input (a device copy per frozen row).
       if (soft.defined())

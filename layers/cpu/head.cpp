@@ -1,14 +1,18 @@
 // CPU (fp32) output-head ops: softcap, the fused chunked softcapped cross-entropy (forward and
 // backward), and the sampler's chunked entropy / argmax / categorical sample. Declarations and the
-// math: layers/ops/head.h. Per-row reductions accumulate in double.
+// math: layers/ops/head.h. Per-row reductions accumulate in double; tanh and exp are the vectorised
+// fp32 ones of layers/cpu/vmath.h (<= 3 ulp); the sample's inverse-CDF scan keeps double exp.
 #include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
 
+#include "layers/cpu/head_chunk.h"
+#include "layers/cpu/vmath.h"
 #include "layers/ops.h"
 
 namespace dg {
+namespace vm = cpu::vm;
 namespace {
 
 void expect(const char* op, const char* name, const Tensor& t, DType dtype, const Shape& shape) {
@@ -32,16 +36,6 @@ std::int64_t check_head(const char* op, const Tensor& hidden, const Tensor& embe
 void check_temperature(const char* op, float temperature) {
   if (!(temperature > 0.0f) || !std::isfinite(temperature))
     fail("{}: temperature {} must be positive and finite", op, temperature);
-}
-
-// out [n, vc] = softcap(h [n,H] · E[v0 : v0+vc]ᵀ) / temperature (no division when temperature is 1).
-void chunk_logits(const float* h, std::int64_t n, std::int64_t hdim, const float* emb, std::int64_t v0,
-                  std::int64_t vc, float cap, float temperature, float* out) {
-  cpu::sgemm(false, true, n, vc, hdim, 1.0f, h, hdim, emb + v0 * hdim, hdim, 0.0f, out, vc);
-  if (cap > 0.0f)
-    for (std::int64_t i = 0; i < n * vc; ++i) out[i] = cap * std::tanh(out[i] / cap);
-  if (temperature != 1.0f)
-    for (std::int64_t i = 0; i < n * vc; ++i) out[i] = out[i] / temperature;
 }
 
 // The rows of hidden a loss op works on: those with nonzero weight, packed when some are skipped.
@@ -82,6 +76,22 @@ void check_normaliser(const char* op, double normaliser) {
 
 }  // namespace
 
+namespace cpu {
+
+void lm_head_chunk_logits(const float* h, std::int64_t n, std::int64_t hdim, const float* emb, std::int64_t v0,
+                          std::int64_t vc, float cap, float temperature, float* out) {
+  sgemm(false, true, n, vc, hdim, 1.0f, h, hdim, emb + v0 * hdim, hdim, 0.0f, out, vc);
+  const vm::f32v c = vm::splat(cap), temp = vm::splat(temperature);
+  if (cap > 0.0f && temperature != 1.0f)
+    vm::map(out, out, n * vc, [&](vm::f32v x) { return (c * vm::tanh(x / c)) / temp; });
+  else if (cap > 0.0f)
+    vm::map(out, out, n * vc, [&](vm::f32v x) { return c * vm::tanh(x / c); });
+  else if (temperature != 1.0f)
+    vm::map(out, out, n * vc, [&](vm::f32v x) { return x / temp; });
+}
+
+}  // namespace cpu
+
 // ---- Softcap ----------------------------------------------------------------------------------------
 
 void softcap(const Tensor& x, float cap, Tensor& y) {
@@ -99,7 +109,11 @@ void softcap(const Tensor& x, float cap, Tensor& y) {
   if (!(cap >= 0.0f) || !std::isfinite(cap)) fail("softcap: cap {} must be >= 0 (0: none)", cap);
   const float* px = x.data<float>();
   float* py = y.data<float>();
-  for (std::int64_t i = 0; i < x.numel(); ++i) py[i] = cap > 0.0f ? cap * std::tanh(px[i] / cap) : px[i];
+  const vm::f32v c = vm::splat(cap);
+  if (cap > 0.0f)
+    vm::map(px, py, x.numel(), [&](vm::f32v v) { return c * vm::tanh(v / c); });
+  else if (py != px)
+    std::copy_n(px, x.numel(), py);
 }
 
 void softcap_backward(const Tensor& y, const Tensor& dy, float cap, Tensor& dx) {
@@ -179,7 +193,7 @@ double lm_head_cross_entropy(const Tensor& hidden, const Tensor& embedding, cons
   std::vector<float> scratch(static_cast<std::size_t>(n * chunk));
   for (std::int64_t v0 = 0; v0 < v && n > 0; v0 += chunk) {
     const std::int64_t vc = std::min(chunk, v - v0);
-    chunk_logits(rows.h, n, hdim, embedding.data<float>(), v0, vc, opts.softcap, 1.0f, scratch.data());
+    cpu::lm_head_chunk_logits(rows.h, n, hdim, embedding.data<float>(), v0, vc, opts.softcap, 1.0f, scratch.data());
     for (std::int64_t r = 0; r < n; ++r) {
       const float* s = scratch.data() + r * vc;
       const float mc = *std::max_element(s, s + vc);
@@ -187,11 +201,9 @@ double lm_head_cross_entropy(const Tensor& hidden, const Tensor& embedding, cons
         sum[r] *= std::exp(static_cast<double>(m[r]) - mc);  // exp(-inf) = 0 on the first chunk
         m[r] = mc;
       }
-      double acc = 0;
-      for (std::int64_t c = 0; c < vc; ++c) acc += std::exp(s[c] - m[r]);
-      sum[r] += acc;
       const std::int64_t target = tg[rows.row[r]];
       if (target >= v0 && target < v0 + vc) target_logit[r] = s[target - v0];
+      sum[r] += vm::exp_sum(s, vc, m[r]);
     }
   }
   float* plse = lse.data<float>();
@@ -246,16 +258,21 @@ void lm_head_cross_entropy_backward(const Tensor& hidden, const Tensor& embeddin
   std::vector<float> g(static_cast<std::size_t>(n * chunk));
   for (std::int64_t v0 = 0; v0 < v; v0 += chunk) {
     const std::int64_t vc = std::min(chunk, v - v0);
-    chunk_logits(rows.h, n, hdim, emb, v0, vc, cap, 1.0f, g.data());
+    cpu::lm_head_chunk_logits(rows.h, n, hdim, emb, v0, vc, cap, 1.0f, g.data());
     for (std::int64_t r = 0; r < n; ++r) {
       const std::int64_t t = rows.row[r];
       const float coef = static_cast<float>(static_cast<double>(dloss) * w[t] / normaliser);
       float* s = g.data() + r * vc;
-      for (std::int64_t c = 0; c < vc; ++c) {
-        float d = std::exp(s[c] - plse[t]) - (v0 + c == tg[t] ? 1.0f : 0.0f);
-        if (cap > 0.0f) d *= 1.0f - (s[c] / cap) * (s[c] / cap);
-        s[c] = coef * d;
-      }
+      // d = softmax - onehot, times the softcap derivative; the target's element is redone with its -1
+      auto dlogit = [&](vm::f32v x, vm::f32v onehot) {
+        vm::f32v d = vm::exp(x - vm::splat(plse[t])) - onehot;
+        if (cap > 0.0f) d = d * (vm::splat(1.0f) - (x / vm::splat(cap)) * (x / vm::splat(cap)));
+        return vm::splat(coef) * d;
+      };
+      const std::int64_t target = tg[t] - v0;
+      const float s_target = target >= 0 && target < vc ? s[target] : 0.0f;
+      vm::map(s, s, vc, [&](vm::f32v x) { return dlogit(x, vm::splat(0.0f)); });
+      if (target >= 0 && target < vc) s[target] = dlogit(vm::splat(s_target), vm::splat(1.0f))[0];
     }
     cpu::sgemm(false, false, n, hdim, vc, 1.0f, g.data(), vc, emb + v0 * hdim, hdim, v0 == 0 ? 0.0f : 1.0f, dh,
                hdim);
@@ -292,43 +309,13 @@ void lm_head_entropy_argmax(const Tensor& hidden, const Tensor& embedding, float
   expect(op, "argmax", argmax, DType::I32, {t_count});
   if (logsumexp) expect(op, "logsumexp", *logsumexp, DType::F32, {t_count});
 
-  // per row: running max m, s = Σ exp(lg - m), a = Σ exp(lg - m)·(lg - m); entropy = log s - a/s.
-  // Working relative to the running max keeps the small entropies (≈ 0.005 for the stopping rule)
-  // free of the cancellation that lse - E[lg] would suffer at |lg| ≈ 75.
-  std::vector<float> m(static_cast<std::size_t>(t_count), -std::numeric_limits<float>::infinity());
-  std::vector<double> s(static_cast<std::size_t>(t_count), 0.0), a(static_cast<std::size_t>(t_count), 0.0);
-  std::int32_t* am = argmax.data<std::int32_t>();
-  std::fill(am, am + t_count, 0);
-  std::vector<float> scratch(static_cast<std::size_t>(t_count * chunk));
-  for (std::int64_t v0 = 0; v0 < v && t_count > 0; v0 += chunk) {
-    const std::int64_t vc = std::min(chunk, v - v0);
-    chunk_logits(hidden.data<float>(), t_count, hdim, embedding.data<float>(), v0, vc, opts.softcap, temperature,
-                 scratch.data());
-    for (std::int64_t t = 0; t < t_count; ++t) {
-      const float* lg = scratch.data() + t * vc;
-      const std::int64_t best = std::max_element(lg, lg + vc) - lg;  // first of equal maxima
-      const float mc = lg[best];
-      if (mc > m[t]) {  // strictly greater: an equal maximum in a later chunk keeps the earlier id
-        if (s[t] > 0) {
-          const double shift = static_cast<double>(m[t]) - mc, f = std::exp(shift);
-          a[t] = f * (a[t] + s[t] * shift);
-          s[t] *= f;
-        }
-        m[t] = mc;
-        am[t] = static_cast<std::int32_t>(v0 + best);
-      }
-      for (std::int64_t c = 0; c < vc; ++c) {
-        const double x = static_cast<double>(lg[c]) - m[t], e = std::exp(x);
-        s[t] += e;
-        a[t] += e * x;
-      }
-    }
-  }
-  float* ent = entropy.data<float>();
-  for (std::int64_t t = 0; t < t_count; ++t) {
-    ent[t] = static_cast<float>(std::max(0.0, std::log(s[t]) - a[t] / s[t]));
-    if (logsumexp) logsumexp->data<float>()[t] = static_cast<float>(static_cast<double>(m[t]) + std::log(s[t]));
-  }
+  // the sampler core (layers/cpu/sampler.cpp), so that lm_head_sampler gives these values bit for bit
+  cpu::SamplerOutputs out;
+  out.entropy = entropy.data<float>();
+  out.argmax = argmax.data<std::int32_t>();
+  out.logsumexp = logsumexp ? logsumexp->data<float>() : nullptr;
+  cpu::lm_head_sampler_pass(hidden.data<float>(), t_count, hdim, embedding.data<float>(), v, chunk, opts.softcap,
+                            temperature, out);
 }
 
 void lm_head_sample(const Tensor& hidden, const Tensor& embedding, float temperature, const Tensor& logsumexp,
@@ -365,7 +352,7 @@ void lm_head_sample(const Tensor& hidden, const Tensor& embedding, float tempera
   std::vector<float> scratch(static_cast<std::size_t>(t_count * chunk));
   for (std::int64_t v0 = 0; v0 < v && remaining > 0; v0 += chunk) {
     const std::int64_t vc = std::min(chunk, v - v0);
-    chunk_logits(hidden.data<float>(), t_count, hdim, embedding.data<float>(), v0, vc, opts.softcap, temperature,
+    cpu::lm_head_chunk_logits(hidden.data<float>(), t_count, hdim, embedding.data<float>(), v0, vc, opts.softcap, temperature,
                  scratch.data());
     for (std::int64_t t = 0; t < t_count; ++t) {
       if (done[t]) continue;

@@ -1,9 +1,8 @@
 // lm_head_soft_embedding: shape checks and dispatch (device tensors go to dg::cuda, layers/cuda/head.cpp),
-// and the CPU path: chunked logits, online softmax, accumulated soft embedding.
-#include <cmath>
-#include <limits>
-#include <vector>
+// and the CPU path: the one-pass sampler core (chunked logits, online softmax, accumulated soft embedding).
+#include <algorithm>
 
+#include "layers/cpu/head_chunk.h"
 #include "layers/ops.h"
 
 namespace dg {
@@ -22,39 +21,17 @@ void lm_head_soft_embedding(const Tensor& hidden, const Tensor& embedding, float
     return;
   }
   require_cpu("lm_head_soft_embedding", {&hidden, &embedding, &soft});
-  const std::int64_t T = hidden.size(0), H = hidden.size(1), V = embedding.size(0);
-  const std::int64_t chunk = std::min(opts.vocab_chunk, std::max<std::int64_t>(V, 1));
-  Tensor lg = Tensor::empty({T, chunk}, DType::F32);
-  std::vector<double> zsum(static_cast<std::size_t>(T), 0.0);
-  std::vector<float> mrun(static_cast<std::size_t>(T), -std::numeric_limits<float>::infinity());
-  std::vector<double> acc(static_cast<std::size_t>(T * H), 0.0);
-  Tensor part = Tensor::empty({T, H}, DType::F32);
-  for (std::int64_t v0 = 0; v0 < V; v0 += chunk) {
-    const std::int64_t n = std::min(chunk, V - v0);
-    Tensor l = lg.reshape({T * chunk}).rows(0, T * n).reshape({T, n});
-    gemm(hidden, embedding.rows(v0, v0 + n), l, {.trans_b = true});
-    if (opts.softcap > 0) softcap(l, opts.softcap, l);
-    float* pl = l.data<float>();
-    for (std::int64_t t = 0; t < T; ++t) {
-      float m = mrun[static_cast<std::size_t>(t)];
-      for (std::int64_t j = 0; j < n; ++j) m = std::max(m, pl[t * n + j] / temperature);
-      const double rescale = std::isinf(mrun[static_cast<std::size_t>(t)]) ? 0.0 : std::exp(double(mrun[static_cast<std::size_t>(t)]) - m);
-      zsum[static_cast<std::size_t>(t)] *= rescale;
-      for (std::int64_t h = 0; h < H; ++h) acc[static_cast<std::size_t>(t * H + h)] *= rescale;
-      mrun[static_cast<std::size_t>(t)] = m;
-      for (std::int64_t j = 0; j < n; ++j) {
-        const float p = std::exp(pl[t * n + j] / temperature - m);
-        pl[t * n + j] = p;
-        zsum[static_cast<std::size_t>(t)] += p;
-      }
-    }
-    gemm(l, embedding.rows(v0, v0 + n), part, {});  // [T, n] @ [n, H]
-    for (std::int64_t i = 0; i < T * H; ++i) acc[static_cast<std::size_t>(i)] += part.data<float>()[i];
-  }
-  float* out = soft.data<float>();
-  for (std::int64_t t = 0; t < T; ++t)
-    for (std::int64_t h = 0; h < H; ++h)
-      out[t * H + h] = static_cast<float>(acc[static_cast<std::size_t>(t * H + h)] / zsum[static_cast<std::size_t>(t)] * scale);
+  DG_CHECK(hidden.dtype() == DType::F32 && embedding.dtype() == DType::F32 && soft.dtype() == DType::F32,
+           "lm_head_soft_embedding: the CPU op is f32 only: hidden {}, embedding {}, soft {}", hidden.describe(),
+           embedding.describe(), soft.describe());
+  const std::int64_t V = embedding.size(0);
+  DG_CHECK(V >= 1, "lm_head_soft_embedding: empty vocabulary in {}", embedding.describe());
+  // The sampler core (layers/cpu/sampler.cpp), so that lm_head_sampler's soft output is this bit for bit.
+  cpu::SamplerOutputs out;
+  out.soft = soft.data<float>();
+  out.scale = scale;
+  cpu::lm_head_sampler_pass(hidden.data<float>(), hidden.size(0), hidden.size(1), embedding.data<float>(), V,
+                            std::min(opts.vocab_chunk, V), opts.softcap, temperature, out);
 }
 
 }  // namespace dg

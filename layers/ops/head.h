@@ -63,6 +63,23 @@ void lm_head_entropy_argmax(const Tensor& hidden, const Tensor& embedding, float
 void lm_head_sample(const Tensor& hidden, const Tensor& embedding, float temperature, const Tensor& logsumexp,
                     const Tensor& uniforms, Tensor& sampled, const LmHeadOpts& opts = {});
 
+// ---- Fused sampler step (model.md §4.2, §7.3-§7.5; what one denoising step needs) ----------------
+// Everything generation takes from the processed logits lg = softcap(hidden · Eᵀ) / temperature, in
+// ONE pass over the vocabulary (one logits GEMM per chunk, online statistics per row):
+//   entropy [T] f32, argmax [T] i32   as lm_head_entropy_argmax
+//   sampled [T] i32                   as lm_head_sample with that op's logsumexp and these uniforms
+//   soft [T,H] f32                    as lm_head_soft_embedding(hidden, embedding, temperature, scale)
+// uniforms [T] f32 in [0, 1). A row's results depend on that row only (given batch-invariant GEMMs).
+// The categorical sample needs the row's log-sum-exp before its inverse-CDF scan, so the CPU op keeps
+// the last chunk's logits and, per row, the probability mass of every chunk; the scan then runs on the
+// chunk where the mass crosses the uniform (the kept chunk, or that one chunk recomputed for the row).
+// With V <= vocab_chunk the sample is bit-for-bit lm_head_sample's; with several chunks the chunk is
+// chosen from chunk masses summed in a different order (a draw within ~1e-15 of a chunk boundary of
+// the CDF could pick the neighbouring token). On CUDA it runs the three ops above.
+void lm_head_sampler(const Tensor& hidden, const Tensor& embedding, float temperature, float scale,
+                     const Tensor& uniforms, Tensor& entropy, Tensor& argmax, Tensor& sampled, Tensor& soft,
+                     const LmHeadOpts& opts = {});
+
 }  // namespace dg
 
 namespace dg {
