@@ -11,6 +11,7 @@
 #include <utility>
 #include <vector>
 
+#include "layers/cpu/vmath.h"
 #include "layers/ops.h"
 
 namespace dg {
@@ -116,6 +117,15 @@ namespace {
 
 constexpr std::int64_t kTileRows = 32;  // query rows per tile
 constexpr float kInf = std::numeric_limits<float>::infinity();
+
+// pr[key] = vis[key] ? exp(pr[key] - sub) : 0 for keys [k0, k1): the vectorised fp32 exp (vmath.h).
+void masked_exp(float* pr, const std::uint8_t* vis, std::int64_t k0, std::int64_t k1, float sub) {
+  if (k1 <= k0) return;
+  const vm::f32v sv = vm::splat(sub);
+  vm::map(pr + k0, pr + k0, k1 - k0, [&](vm::f32v x) { return vm::exp(x - sv); });
+  for (std::int64_t key = k0; key < k1; ++key)
+    if (!vis[key]) pr[key] = 0.f;
+}
 
 void check_f32(const char* op, std::initializer_list<const Tensor*> tensors) {
   for (const Tensor* t : tensors)
@@ -240,11 +250,10 @@ void attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& 
             for (std::int64_t key = seg[s].first_key + t.lo[s]; key < seg[s].first_key + t.hi[s]; ++key)
               if (vis[key]) mx = std::max(mx, pr[key]);
           float sum = 0.f;
-          for (int s = 0; s < 2; ++s)
-            for (std::int64_t key = seg[s].first_key + t.lo[s]; key < seg[s].first_key + t.hi[s]; ++key) {
-              pr[key] = vis[key] ? std::exp(pr[key] - mx) : 0.f;
-              sum += pr[key];
-            }
+          for (int s = 0; s < 2; ++s) {
+            masked_exp(pr, vis, seg[s].first_key + t.lo[s], seg[s].first_key + t.hi[s], mx);
+            for (std::int64_t key = seg[s].first_key + t.lo[s]; key < seg[s].first_key + t.hi[s]; ++key) sum += pr[key];
+          }
           const float inv = sum > 0.f ? 1.f / sum : 0.f;  // sum == 0: no visible key, the row stays 0
           for (int s = 0; s < 2; ++s)
             for (std::int64_t key = seg[s].first_key + t.lo[s]; key < seg[s].first_key + t.hi[s]; ++key) pr[key] *= inv;
@@ -316,11 +325,11 @@ void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const
           float* pr = p.data() + r * tk;
           float* dr = ds.data() + r * tk;
           const std::uint8_t* vis = t.visible.data() + r * tk;
-          for (int s = 0; s < 2; ++s)
-            for (std::int64_t key = seg[s].first_key + t.lo[s]; key < seg[s].first_key + t.hi[s]; ++key) {
-              pr[key] = vis[key] ? std::exp(pr[key] - row_lse) : 0.f;
+          for (int s = 0; s < 2; ++s) {
+            masked_exp(pr, vis, seg[s].first_key + t.lo[s], seg[s].first_key + t.hi[s], row_lse);
+            for (std::int64_t key = seg[s].first_key + t.lo[s]; key < seg[s].first_key + t.hi[s]; ++key)
               dr[key] = pr[key] * (dr[key] - dsum);
-            }
+          }
         }
         for (int s = 0; s < 2; ++s) {
           const std::int64_t cols = t.hi[s] - t.lo[s], key0 = seg[s].first_key + t.lo[s];
