@@ -467,12 +467,15 @@ int sft_run(JobContext& ctx) {
       metrics.flush();
     }
     const bool stop = ctx.rt.stop_requested() || (stop_after > 0 && steps_this_run >= stop_after);
+    // The marker tells a batch script to requeue even when the launcher does not pass exit 42 on (mpirun
+    // exits 1 after forwarding a SIGTERM, whatever its ranks returned). It is written before the
+    // checkpoint: a launcher that kills the ranks during the save must still leave it (resume then starts
+    // from the newest complete checkpoint).
+    if (stop && step < steps && world.rank() == 0)
+      write_file_atomic(stopped_marker.string(), fmt::format("step {}\n", step), true);
     if (stop || step == steps || (every > 0 && step % every == 0))
       save_checkpoint(world, ckpt_dir.string(), step, run, model, mesh, optimizer_steps, cursor, train_section);
     if (stop && step < steps) {
-      // The marker tells a batch script to requeue even when the launcher does not pass exit 42 on
-      // (mpirun exits 1 after forwarding a SIGTERM, whatever its ranks returned).
-      if (world.rank() == 0) write_file_atomic(stopped_marker.string(), fmt::format("step {}\n", step), true);
       log::info("sft: stopped at step {} after checkpointing; rerun with --resume to continue (exit {})", step,
                 static_cast<int>(kExitStoppedOnSignal));
       return kExitStoppedOnSignal;
