@@ -31,9 +31,10 @@ bool any_on_cuda(std::initializer_list<const Tensor*> tensors);
 void require_cuda(const char* op, std::initializer_list<const Tensor*> tensors);
 
 // ---- Batch invariance ----------------------------------------------------------------------------
-// On: every CPU GEMM whose rows are independent (A not transposed) runs one BLAS call per row on aligned
-// copies, so a row's result does not depend on how many rows share the call or where: a request's
-// generation does not depend on its batch mates or the rank count.
+// On: every GEMM whose rows are independent (A not transposed) runs in fixed row tiles on aligned copies
+// (CPU: 16 rows per OpenBLAS call; CUDA: 64 rows per cuBLASLt call), so a row's result does not depend on
+// how many rows share the call or where: a request's generation does not depend on its batch mates or the
+// rank count.
 // (The attention forward also aligns its query tiles to each row's first valid token.) Generation
 // switches it on; it is slower than OpenBLAS (docs/runtime.md gives the cost).
 void set_batch_invariant(bool on);

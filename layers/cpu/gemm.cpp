@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <memory>
+#include <new>
 #include <vector>
 
 #include "layers/ops.h"
@@ -23,6 +24,30 @@ namespace dg::cpu {
 
 namespace {
 
+// 64-byte aligned scratch of the batch-invariant GEMM, grown as needed (the same alignment for every call).
+class AlignedScratch {
+ public:
+  ~AlignedScratch() { release(); }
+  float* get(std::int64_t count) {
+    if (count > size_) {
+      release();
+      p_ = static_cast<float*>(::operator new(static_cast<std::size_t>(count) * sizeof(float), std::align_val_t{64}));
+      std::fill_n(p_, count, 0.f);
+      size_ = count;
+    }
+    return p_;
+  }
+
+ private:
+  void release() {
+    if (p_ != nullptr) ::operator delete(p_, std::align_val_t{64});
+    p_ = nullptr;
+    size_ = 0;
+  }
+  float* p_ = nullptr;
+  std::int64_t size_ = 0;
+};
+
 void blas(bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, std::int64_t k, float alpha, const float* a,
           std::int64_t lda, const float* b, std::int64_t ldb, float beta, float* c, std::int64_t ldc) {
   cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans,
@@ -30,25 +55,27 @@ void blas(bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, std::int64
               static_cast<blasint>(lda), b, static_cast<blasint>(ldb), beta, c, static_cast<blasint>(ldc));
 }
 
-// Batch-invariant form: one BLAS call per row of A, on copies of the row and of its output in 64-byte
-// aligned scratch, so every call has the same shape and the same alignment whatever the call's row count
-// and the row's place in it: a row's result depends on that row and B only. (OpenBLAS's kernels choose
-// their blocking, edge handling and alignment peeling from the whole call, so a row's arithmetic can
-// change with its batch mates.) The cost: B is streamed once per row instead of once per call.
-void sgemm_rowwise(bool trans_b, std::int64_t m, std::int64_t n, std::int64_t k, float alpha, const float* a,
-                   std::int64_t lda, const float* b, std::int64_t ldb, float beta, float* c, std::int64_t ldc) {
-  struct Free {
-    void operator()(float* p) const { std::free(p); }
-  };
-  auto aligned = [](std::int64_t count) {
-    return std::unique_ptr<float, Free>(static_cast<float*>(std::aligned_alloc(64, static_cast<std::size_t>((count * 4 + 63) / 64 * 64))));
-  };
-  const auto row = aligned(k), out = aligned(n);
-  for (std::int64_t i = 0; i < m; ++i) {
-    std::copy_n(a + i * lda, k, row.get());
-    if (beta != 0.0f) std::copy_n(c + i * ldc, n, out.get());
-    blas(false, trans_b, 1, n, k, alpha, row.get(), k, b, ldb, beta, out.get(), n);
-    std::copy_n(out.get(), n, c + i * ldc);
+// Batch-invariant form: A's rows go through BLAS in tiles of kInvariantRows, each tile copied into 64-byte
+// aligned scratch, so every call has the same shape [kInvariantRows, n, k] and the same alignment whatever
+// the call's row count and a row's place in it. OpenBLAS chooses its kernel, blocking and edge handling from
+// the call's shape, and its micro-kernels run the same instructions for every row of a tile, so a row's
+// result depends on that row and B only. (A tile's unused rows hold old scratch: GEMM rows do not mix.)
+// The cost: up to kInvariantRows - 1 padding rows per call, and B streamed once per tile.
+constexpr std::int64_t kInvariantRows = 16;
+
+void sgemm_row_tiles(bool trans_b, std::int64_t m, std::int64_t n, std::int64_t k, float alpha, const float* a,
+                     std::int64_t lda, const float* b, std::int64_t ldb, float beta, float* c, std::int64_t ldc) {
+  thread_local AlignedScratch tile_a, tile_c;
+  float* ta = tile_a.get(kInvariantRows * k);
+  float* tc = tile_c.get(kInvariantRows * n);
+  for (std::int64_t r0 = 0; r0 < m; r0 += kInvariantRows) {
+    const std::int64_t rows = std::min(kInvariantRows, m - r0);
+    for (std::int64_t i = 0; i < rows; ++i) {
+      std::copy_n(a + (r0 + i) * lda, k, ta + i * k);
+      if (beta != 0.0f) std::copy_n(c + (r0 + i) * ldc, n, tc + i * n);
+    }
+    blas(false, trans_b, kInvariantRows, n, k, alpha, ta, k, b, ldb, beta, tc, n);
+    for (std::int64_t i = 0; i < rows; ++i) std::copy_n(tc + i * n, n, c + (r0 + i) * ldc);
   }
 }
 
@@ -63,7 +90,7 @@ void sgemm(bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, std::int6
       for (std::int64_t j = 0; j < n; ++j) c[i * ldc + j] = beta == 0.f ? 0.f : beta * c[i * ldc + j];
     return;
   }
-  if (batch_invariant() && !trans_a) return sgemm_rowwise(trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+  if (batch_invariant() && !trans_a) return sgemm_row_tiles(trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
   blas(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 
