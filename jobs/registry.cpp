@@ -39,7 +39,7 @@ constexpr std::array kJobs = {
         "Lists every tensor (name, dtype, shape, bytes), how it maps to dgemma's names, and checks the\n"
         "set against config.json: missing, unknown or mis-shaped tensors are reported (exit 2).",
         inspect_options, inspect_run, false},
-    Job{"bench", "benchmarks: GEMM, collectives, model ops, FSDP and expert-parallel traffic",
+    Job{"bench", "benchmarks: GEMM, collectives, model ops, model passes (encode, decode, generation step, SFT step), FSDP and EP traffic",
         "Runs every requested benchmark on every rank and prints rank 0's results; collective\n"
         "benchmarks measure the whole job. Sizes are per rank.",
         bench_options, bench_run, true},
