@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "io/safetensors.h"
 #include "layers/model.h"
 
 namespace dg {
@@ -25,7 +26,7 @@ struct HfOutTensor {
 };
 
 struct HfDirOptions {
-  std::uint64_t max_shard_size = 5'000'000'000ull;  // save_pretrained's default "5GB"
+  std::uint64_t max_shard_size = 50'000'000'000ull;  // save_pretrained's default "50GB" (transformers 5)
   bool overwrite = false;
   std::vector<std::string> extra_files;             // copied into the directory (tokenizer files, ...)
   std::vector<std::pair<std::string, std::string>> extra_contents;  // {file name, bytes} written as well
@@ -41,5 +42,35 @@ std::vector<HfOutTensor> hf_tensors_of(const ModelConfig& c, const ModelWeights&
 
 // Converts f32 values (optionally transposing the last two dims of `shape`) into dst as `dtype`.
 void encode_f32(const float* src, const Shape& src_shape, bool transpose, DType dtype, std::byte* dst);
+
+// ---- shard layouts ------------------------------------------------------------------------------------
+// How the safetensors files of an HF directory are laid out, beyond the tensors they hold.
+struct HfShardLayout {
+  ShardPlan plan;                                     // file names, each file's tensors (in data order), weight map
+  std::vector<SafetensorsWriteOptions> file_options;  // per file: __metadata__, order, verbatim header
+  std::string index_text;                             // model.safetensors.index.json; empty: one file, no index
+};
+
+// save_pretrained's layout (transformers 5.23, huggingface_hub 2.4): the tensors in
+// DiffusionGemmaForBlockDiffusion.state_dict() order (hf_state_dict_order), split by huggingface_hub's
+// rule (plan_shards), each file sorted by the safetensors writer with __metadata__ {"format": "pt"}, and an
+// index (only when sharded) whose metadata is {"total_parameters": num_parameters(), "total_size": data
+// bytes} -- num_parameters() counts parameters, not the saved layer_scalar buffers (hf_num_parameters).
+HfShardLayout save_pretrained_layout(std::vector<TensorSpec> tensors, std::uint64_t max_shard_size);
+// The order in which DiffusionGemmaForBlockDiffusion.state_dict() lists these HF tensors (stable: names it
+// does not know keep their relative order, after the known ones of their group).
+void hf_state_dict_order(std::vector<TensorSpec>& tensors);
+// The elements of the tensors that are parameters: all but the layer_scalar buffers.
+std::uint64_t hf_num_parameters(const std::vector<TensorSpec>& tensors);
+
+// The layout of a set of files as read (the manifest section "hf_layout" of `dgemma convert`): file names
+// in order, each file's tensors ([name, dtype] in data order) and __metadata__, the index's metadata; the
+// header and index texts verbatim where dgemma's writer would not reproduce them byte for byte.
+nlohmann::json hf_layout_of(const ShardedSafetensors& files);
+// The recorded layout for exactly `tensors` (their dtypes may differ from the recorded ones: then the
+// headers are generated and the index's total_size is recomputed). nullopt, with the reason in `why`, when
+// the recorded files do not hold exactly these tensors; ConfigError (naming `what`) for a malformed record.
+std::optional<HfShardLayout> recorded_hf_layout(const nlohmann::json& layout, const std::vector<TensorSpec>& tensors,
+                                                const std::string& what, std::string& why);
 
 }  // namespace dg

@@ -241,6 +241,10 @@ struct SafetensorsFile::Mapping {
   const std::byte* data() const { return static_cast<const std::byte*>(addr); }
 };
 
+std::string_view SafetensorsFile::header_text() const {
+  return {reinterpret_cast<const char*>(map_->data()) + 8, static_cast<std::size_t>(header_.header_size)};
+}
+
 SafetensorsFile SafetensorsFile::open(const std::string& path) {
   SafetensorsFile f;
   f.path_ = path;

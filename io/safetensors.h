@@ -54,6 +54,8 @@
 #include <unordered_map>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "layers/tensor.h"
 
 namespace dg {
@@ -115,6 +117,8 @@ class SafetensorsFile {
   std::uint64_t header_size() const { return header_.header_size; }
   std::uint64_t data_size() const { return header_.data_size; }
   std::uint64_t file_size() const;
+  // The header exactly as stored: the N bytes after the length, JSON and its padding.
+  std::string_view header_text() const;
 
   bool contains(std::string_view name) const { return find(name) != nullptr; }
   const SafetensorsEntry* find(std::string_view name) const;  // nullptr when absent
@@ -142,12 +146,20 @@ struct SafetensorsWriteOptions {
   // __metadata__, written as given. transformers refuses a shard whose __metadata__ lacks
   // "format": "pt" (or tf/flax/mlx); nullopt writes no __metadata__ at all (not for HF model dirs).
   std::optional<std::map<std::string, std::string>> metadata = std::map<std::string, std::string>{{"format", "pt"}};
+  // Lay the tensors out in the order given instead of the reference writer's sort (reproducing a file
+  // whose recorded data order is kept, see io/hf_writer.h).
+  bool keep_order = false;
+  // The header text to write instead of the generated one (a file from another writer, reproduced byte
+  // for byte); the caller guarantees that it describes exactly the planned layout, padding included.
+  std::optional<std::string> header;
 };
 
 // The reference writer's layout: entries in file order with their offsets. ConfigError (naming `what` and
 // the tensor) for an unknown dtype, a negative dimension, a sub-byte tensor that does not fill whole bytes,
 // a repeated name or a tensor named __metadata__.
-std::vector<SafetensorsEntry> plan_safetensors_layout(std::vector<TensorSpec> tensors, const std::string& what);
+// keep_order: the given order instead of the reference writer's sort.
+std::vector<SafetensorsEntry> plan_safetensors_layout(std::vector<TensorSpec> tensors, const std::string& what,
+                                                      bool keep_order = false);
 // The header bytes (JSON padded with spaces to a multiple of 8) for a planned layout.
 std::string safetensors_header_json(const std::vector<SafetensorsEntry>& layout,
                                     const std::optional<std::map<std::string, std::string>>& metadata);
@@ -237,6 +249,9 @@ ShardPlan plan_shards(const std::vector<TensorSpec>& tensors, std::uint64_t max_
 // newline). transformers' total_parameters counts model parameters (not buffers); dgemma's default counts
 // the elements of every stored tensor; pass the count to use when it matters.
 std::string shard_index_json(const ShardPlan& plan, std::optional<std::uint64_t> total_parameters = {});
+// The same with the index's "metadata" object given whole (null: no "metadata" key), as json.dumps(index,
+// indent=2, sort_keys=True) + "\n" writes it.
+std::string shard_index_json(const ShardPlan& plan, const nlohmann::json& metadata);
 
 // Writes every shard of a plan in `dir` (which must exist), streaming tensor by tensor. finish() commits
 // all shards, then the index (removing a stale index first when overwriting), so a set without its index
@@ -290,6 +305,8 @@ class ShardedSafetensors {
   std::uint64_t total_size() const;  // summed data bytes of all files
   std::optional<std::uint64_t> declared_total_size() const { return declared_total_size_; }
   const std::vector<std::string>& warnings() const { return warnings_; }
+  // The index file's text as read (empty for a single file).
+  const std::string& index_text() const { return index_text_; }
 
  private:
   std::string path_;
@@ -298,6 +315,7 @@ class ShardedSafetensors {
   std::unordered_map<std::string, std::size_t> file_of_;  // tensor name -> files_ index
   std::optional<std::uint64_t> declared_total_size_;
   std::vector<std::string> warnings_;
+  std::string index_text_;
 };
 
 }  // namespace dg

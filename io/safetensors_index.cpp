@@ -108,6 +108,14 @@ std::string shard_index_json(const ShardPlan& plan, std::optional<std::uint64_t>
   return j.dump(2, ' ', /*ensure_ascii=*/true) + "\n";  // json.dumps(indent=2) + "\n"
 }
 
+std::string shard_index_json(const ShardPlan& plan, const nlohmann::json& metadata) {
+  nlohmann::json j = nlohmann::json::object();
+  if (!metadata.is_null()) j["metadata"] = metadata;
+  j["weight_map"] = nlohmann::json::object();
+  for (const auto& [name, file] : plan.weight_map) j["weight_map"][name] = file;
+  return j.dump(2, ' ', /*ensure_ascii=*/true) + "\n";
+}
+
 // ---- ShardedSafetensorsWriter -------------------------------------------------------------------------
 ShardedSafetensorsWriter::ShardedSafetensorsWriter(std::string dir, const std::vector<TensorSpec>& tensors,
                                                    std::uint64_t max_shard_size, SafetensorsWriteOptions opts)
@@ -203,7 +211,8 @@ ShardedSafetensors ShardedSafetensors::open(const std::string& path) {
   if (!in) fail_config("cannot open safetensors index {}", target);
   std::stringstream buf;
   buf << in.rdbuf();
-  const nlohmann::json j = parse_json_strict(buf.str(), target);
+  s.index_text_ = buf.str();
+  const nlohmann::json j = parse_json_strict(s.index_text_, target);
   if (!j.is_object()) fail_config("{}: index is a JSON {}, not an object", target, j.type_name());
   if (j.contains("metadata")) {
     const auto& m = j.at("metadata");

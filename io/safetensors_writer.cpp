@@ -65,7 +65,8 @@ void append_json_string(std::string& out, std::string_view s) {
 
 }  // namespace
 
-std::vector<SafetensorsEntry> plan_safetensors_layout(std::vector<TensorSpec> tensors, const std::string& what) {
+std::vector<SafetensorsEntry> plan_safetensors_layout(std::vector<TensorSpec> tensors, const std::string& what,
+                                                      bool keep_order) {
   std::vector<SafetensorsEntry> out;
   std::vector<int> order;
   out.reserve(tensors.size());
@@ -96,7 +97,7 @@ std::vector<SafetensorsEntry> plan_safetensors_layout(std::vector<TensorSpec> te
   }
   std::vector<std::size_t> idx(out.size());
   for (std::size_t i = 0; i < idx.size(); ++i) idx[i] = i;
-  std::sort(idx.begin(), idx.end(), [&](std::size_t a, std::size_t b) {
+  if (!keep_order) std::sort(idx.begin(), idx.end(), [&](std::size_t a, std::size_t b) {
     if (order[a] != order[b]) return order[a] > order[b];
     return out[a].name < out[b].name;  // bytewise, as Rust's String ordering
   });
@@ -152,11 +153,11 @@ struct SafetensorsWriter::Impl : AtomicFile {
 };
 
 SafetensorsWriter::SafetensorsWriter(std::string path, std::vector<TensorSpec> tensors, SafetensorsWriteOptions opts) {
-  layout_ = plan_safetensors_layout(std::move(tensors), path);
+  layout_ = plan_safetensors_layout(std::move(tensors), path, opts.keep_order);
   if (opts.metadata)
     for (const auto& [k, v] : *opts.metadata)
       if (!valid_utf8(k) || !valid_utf8(v)) fail_config("{}: __metadata__ entry \"{}\" is not valid UTF-8", path, k);
-  const std::string header = safetensors_header_json(layout_, opts.metadata);
+  const std::string header = opts.header ? *opts.header : safetensors_header_json(layout_, opts.metadata);
   if (header.size() > kMaxHeaderSize)
     fail_config("{}: header of {} bytes exceeds the safetensors limit of {} bytes", path, header.size(), kMaxHeaderSize);
   for (std::size_t i = 0; i < layout_.size(); ++i) index_.emplace(layout_[i].name, i);
@@ -213,11 +214,11 @@ void SafetensorsWriter::finish() {
 SafetensorsFilePlan plan_safetensors_file(std::string path, std::vector<TensorSpec> tensors,
                                           const SafetensorsWriteOptions& opts) {
   SafetensorsFilePlan p;
-  p.layout = plan_safetensors_layout(std::move(tensors), path);
+  p.layout = plan_safetensors_layout(std::move(tensors), path, opts.keep_order);
   if (opts.metadata)
     for (const auto& [k, v] : *opts.metadata)
       if (!valid_utf8(k) || !valid_utf8(v)) fail_config("{}: __metadata__ entry \"{}\" is not valid UTF-8", path, k);
-  p.header = safetensors_header_json(p.layout, opts.metadata);
+  p.header = opts.header ? *opts.header : safetensors_header_json(p.layout, opts.metadata);
   if (p.header.size() > kMaxHeaderSize)
     fail_config("{}: header of {} bytes exceeds the safetensors limit of {} bytes", path, p.header.size(), kMaxHeaderSize);
   p.data_start = 8 + p.header.size();

@@ -3,10 +3,14 @@
 //   --from hf --to h5   every HF tensor becomes a checkpoint tensor: model tensors under their native
 //                       names ("param/<native>", experts transposed), tensors the model does not use
 //                       under "carried/<HF name>" (vision tower, ...), in their stored dtype; config.json
-//                       and generation_config.json go into the manifest's sections. Tensors are spread
+//                       and generation_config.json go into the manifest's sections, and so does the
+//                       layout of the safetensors files ("hf_layout": file names, each file's tensors in
+//                       data order and __metadata__, the index's metadata). Tensors are spread
 //                       over the ranks (largest first, to the least loaded rank); each rank streams its
 //                       own tensors from the mmap'ed files into its own rank file, 16 MiB at a time.
-//   --from h5 --to hf   the reverse: the same shard plan and the same spread of tensors over the ranks on
+//   --from h5 --to hf   the reverse: the recorded files (or, for a checkpoint without that record such as
+//                       sft's, or with --max-shard-size given, the files save_pretrained would write:
+//                       io/hf_writer.h save_pretrained_layout); the same plan and spread of tensors over the ranks on
 //                       every rank; rank 0 creates every safetensors file (header, size) in OUT.tmp, each
 //                       rank writes its tensors at their offsets (pwrite), streamed from the checkpoint; the
 //                       index, configs and tokenizer files by rank 0, and OUT.tmp is renamed to OUT when
@@ -14,7 +18,7 @@
 // Memory: a rank holds pieces of 16 MiB plus, for a transposed tensor (experts), one of its matrices
 // (twice when writing HF), not the model nor a whole tensor; the bound is printed at start. Ranks with
 // nothing left to do wait in Comm::idle_barrier, without spinning a core.
-// HF -> H5 -> HF reproduces the original safetensors bytes (same tensors, dtypes, layout and shard size).
+// HF -> H5 -> HF reproduces the original safetensors files and index byte for byte, sharded or not.
 // Reading the checkpoint verifies every shard against its manifest checksum (a corrupt rank file is exit 2,
 // naming it and the tensor); NaN / Inf weights are copied as they are both ways, with a warning naming them.
 #include <sys/resource.h>
@@ -30,6 +34,7 @@
 #include "io/hf_config.h"
 #include "io/hf_model.h"
 #include "io/hf_names.h"
+#include "io/hf_writer.h"
 #include "io/safetensors.h"
 #include "io/transpose.h"
 #include "jobs/export.h"
@@ -50,7 +55,8 @@ void convert_options(po::options_description& d) {
       ("step", po::value<std::int64_t>()->default_value(0), "hf -> h5: the step number the checkpoint gets")
       ("role", po::value<std::string>()->default_value("auto"), "h5 -> hf: which weights to export: param, master (sft checkpoints), or auto (param when present, else master)")
       ("dtype", po::value<std::string>()->default_value("keep"), "h5 -> hf: model tensors as keep, bf16 or f32")
-      ("max-shard-size", po::value<std::string>()->default_value("5GB"), "h5 -> hf: shard size limit")
+      ("max-shard-size", po::value<std::string>()->default_value("50GB"), "h5 -> hf: shard size limit (given: split "
+       "as save_pretrained does, instead of keeping the original files)")
       ("tokenizer", po::value<std::string>()->value_name("DIR"), "h5 -> hf: copy tokenizer files from DIR")
       ("overwrite", po::bool_switch(), "replace an existing output");
 }
@@ -250,6 +256,7 @@ int hf_to_h5(JobContext& ctx, const std::string& in, const std::string& out) {
   if (fs::exists(dir / "generation_config.json"))
     writer.set_section("hf_generation_config", read_json_file((dir / "generation_config.json").string()));
   writer.set_section("source", {{"format", "hf"}, {"path", fs::absolute(in).string()}});
+  writer.set_section("hf_layout", hf_layout_of(files));  // file names, tensor order, metadata: h5 -> hf keeps them
   Progress prog;
   prog.total_tensors = static_cast<std::uint64_t>(std::count(owner.begin(), owner.end(), world.rank()));
   // A failed write (disk full, I/O error) stops this rank's writing; the writer keeps the error and the
@@ -406,13 +413,21 @@ int export_checkpoint_to_hf(Comm& world, const std::string& in, const std::strin
   std::vector<TensorSpec> specs;
   for (const Item& it : items)
     specs.push_back({it.name.name, std::string(safetensors_dtype(it.written).name), it.hf_shape});
-  const ShardPlan plan = plan_shards(specs, o.max_shard_size);
+  // The files the model came in (convert-made checkpoints record them), else as save_pretrained writes.
+  std::optional<HfShardLayout> layout;
+  if (o.keep_layout && reader.has_section("hf_layout")) {
+    std::string why;
+    layout = recorded_hf_layout(reader.section("hf_layout"), specs, reader.dir() + "/manifest.json", why);
+    if (!layout && o.report) log::warn("convert: not keeping the original safetensors files: {}", why);
+  }
+  if (!layout) layout = save_pretrained_layout(specs, o.max_shard_size);
+  const ShardPlan& plan = layout->plan;
 
   const fs::path final_dir = fs::path(out).lexically_normal(), tmp = final_dir.string() + ".tmp";
   // Every file's layout, the same on every rank; where each item goes; who writes it.
   std::vector<SafetensorsFilePlan> file_plans;
   for (std::size_t f = 0; f < plan.files.size(); ++f)
-    file_plans.push_back(plan_safetensors_file((tmp / plan.files[f]).string(), plan.tensors[f]));
+    file_plans.push_back(plan_safetensors_file((tmp / plan.files[f]).string(), plan.tensors[f], layout->file_options[f]));
   std::map<std::string, std::size_t> file_of;
   for (std::size_t f = 0; f < plan.files.size(); ++f)
     for (const TensorSpec& s : plan.tensors[f]) file_of[s.name] = f;
@@ -462,7 +477,7 @@ int export_checkpoint_to_hf(Comm& world, const std::string& in, const std::strin
   // Rank 0: the index, configs and extra files, then OUT.tmp -> OUT.
   agree_idle(world, [&] {
     if (world.rank() != 0) return;
-    if (plan.sharded()) write_file_atomic((tmp / kSafetensorsIndexName).string(), shard_index_json(plan), false);
+    if (!layout->index_text.empty()) write_file_atomic((tmp / kSafetensorsIndexName).string(), layout->index_text, false);
     write_file_atomic((tmp / "config.json").string(), config_json.dump(2) + "\n", false);
     if (reader.has_section("hf_generation_config"))
       write_file_atomic((tmp / "generation_config.json").string(), reader.section("hf_generation_config").dump(2) + "\n", false);
@@ -496,6 +511,7 @@ int h5_to_hf(JobContext& ctx, const std::string& in, const std::string& out) {
   o.role = ctx.vm["role"].as<std::string>();
   o.dtype = ctx.vm["dtype"].as<std::string>();
   o.max_shard_size = parse_byte_size(ctx.vm["max-shard-size"].as<std::string>());
+  o.keep_layout = ctx.vm["max-shard-size"].defaulted();
   o.overwrite = ctx.vm["overwrite"].as<bool>();
   if (ctx.vm.count("tokenizer")) {
     const fs::path t(ctx.vm["tokenizer"].as<std::string>());
