@@ -143,7 +143,8 @@ std::vector<GenerationResult> generate(const ModelConfig& c, const ModelWeights&
         return rng::uniform(rng::key(g.seed, rng::Purpose::Sample, step, sample_index(i / C), static_cast<std::uint64_t>(i % C)));
       });
       // One vocabulary pass: entropy, argmax, the categorical sample and the self-conditioning input.
-      lm_head_sampler(hidden, w.embed_tokens, temperature, scale, uniforms, entropy, step_amax, sampled, next_soft, head);
+      lm_head_sampler(hidden, w.embed_tokens, temperature, scale, uniforms, entropy, step_amax, sampled, next_soft,
+                      head);
 
       // Frozen rows keep x, argmax and the self-conditioning input (a device copy per frozen row).
       if (soft.defined())

@@ -352,8 +352,8 @@ void lm_head_sample(const Tensor& hidden, const Tensor& embedding, float tempera
   std::vector<float> scratch(static_cast<std::size_t>(t_count * chunk));
   for (std::int64_t v0 = 0; v0 < v && remaining > 0; v0 += chunk) {
     const std::int64_t vc = std::min(chunk, v - v0);
-    cpu::lm_head_chunk_logits(hidden.data<float>(), t_count, hdim, embedding.data<float>(), v0, vc, opts.softcap, temperature,
-                 scratch.data());
+    cpu::lm_head_chunk_logits(hidden.data<float>(), t_count, hdim, embedding.data<float>(), v0, vc, opts.softcap,
+                              temperature, scratch.data());
     for (std::int64_t t = 0; t < t_count; ++t) {
       if (done[t]) continue;
       const float* lg = scratch.data() + t * vc;

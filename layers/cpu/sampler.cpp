@@ -226,7 +226,8 @@ void lm_head_sampler_pass(const float* h, std::int64_t t_count, std::int64_t hdi
                           std::int64_t chunk, float cap, float temperature, const SamplerOutputs& out) {
   if (t_count == 0) return;
   const Pass ps{h, emb, t_count, hdim, v, chunk, (v + chunk - 1) / chunk, cap, temperature};
-  const std::size_t rows = static_cast<std::size_t>(t_count), hsz = out.soft ? rows * static_cast<std::size_t>(hdim) : 0;
+  const std::size_t rows = static_cast<std::size_t>(t_count);
+  const std::size_t hsz = out.soft ? rows * static_cast<std::size_t>(hdim) : 0;
   std::vector<RowStats> st(rows);
   std::vector<ChunkMass> mass(rows * static_cast<std::size_t>(ps.n_chunks));
   std::vector<float> lg(rows * static_cast<std::size_t>(chunk)), p(lg.size()), part(hsz);

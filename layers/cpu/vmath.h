@@ -1,7 +1,8 @@
 // Vectorised fp32 exp and tanh for the CPU ops (CPU-internal, not part of the op
-// interface). Written with GCC/Clang vector extensions over 4 lanes (the SSE2 width of x86-64's baseline: no -march flags needed, and no
-// 32-byte vector ABI issue), so they vectorise at the project's -O2; the same IEEE operations per lane on any target:
-// no FMA contraction under -std=c++20, so results do not depend on the instruction set).
+// interface). Written with GCC/Clang vector extensions over 4 lanes (the SSE2 width of x86-64's
+// baseline: no -march flags needed, no 32-byte vector ABI issue), so they vectorise at the project's
+// -O2. The same IEEE operations run per lane on any target (no FMA contraction under -std=c++20), so
+// results do not depend on the instruction set, nor a value's result on its lane.
 //
 // exp: Cephes expf - n = round(x·log2 e), r = x - n·ln2 (two-part ln2), a degree-6 polynomial on
 // |r| <= ln2/2, then · 2^n applied as two power-of-two factors (n = 128 near the top of the range).

@@ -66,8 +66,8 @@ TEST_CASE("vectorised fp32 exp: <= 1.5 ulp against double, and its special value
 
 TEST_CASE("vectorised fp32 tanh: <= 2 ulp against double, odd, saturating") {
   float at = 0;
-  const double t_ulps = max_ulps([](float x) { return vm::tanh(x); }, [](double x) { return std::tanh(x); }, -12.0, 12.0,
-                                 2000000, &at);
+  const double t_ulps = max_ulps([](float x) { return vm::tanh(x); }, [](double x) { return std::tanh(x); }, -12.0,
+                                 12.0, 2000000, &at);
   MESSAGE("tanh: max " << t_ulps << " ulp at x = " << at);
   CHECK(t_ulps <= 2.0);
   const double small = max_ulps([](float x) { return vm::tanh(x); }, [](double x) { return std::tanh(x); }, -1e-3, 1e-3,
