@@ -219,7 +219,7 @@ HfShardLayout save_pretrained_layout(std::vector<TensorSpec> tensors, std::uint6
   l.plan = plan_shards(tensors, max_shard_size);
   l.file_options.assign(l.plan.files.size(), SafetensorsWriteOptions{});
   if (l.plan.sharded())
-    l.index_text = shard_index_json(
+    l.index_text = shard_index_json_with_metadata(
         l.plan, nlohmann::json{{"total_parameters", hf_num_parameters(tensors)}, {"total_size", l.plan.total_size}});
   return l;
 }
@@ -251,7 +251,8 @@ nlohmann::json hf_layout_of(const ShardedSafetensors& files) {
   }
   const nlohmann::json index = nlohmann::json::parse(files.index_text());
   out["index"]["metadata"] = index.contains("metadata") ? index.at("metadata") : nlohmann::json();
-  if (shard_index_json(plan, out["index"]["metadata"]) != files.index_text()) out["index"]["text"] = files.index_text();
+  if (shard_index_json_with_metadata(plan, out["index"]["metadata"]) != files.index_text())
+    out["index"]["text"] = files.index_text();
   return out;
 }
 
@@ -303,7 +304,7 @@ std::optional<HfShardLayout> recorded_hf_layout(const nlohmann::json& layout, co
     } else {
       nlohmann::json meta = index.at("metadata");
       if (meta.is_object() && meta.contains("total_size")) meta["total_size"] = l.plan.total_size;
-      l.index_text = shard_index_json(l.plan, meta);
+      l.index_text = shard_index_json_with_metadata(l.plan, meta);
     }
   } catch (const nlohmann::json::exception& e) {
     fail_config("{}: malformed hf_layout section: {}", what, e.what());

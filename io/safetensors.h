@@ -151,7 +151,7 @@ struct SafetensorsWriteOptions {
   bool keep_order = false;
   // The header text to write instead of the generated one (a file from another writer, reproduced byte
   // for byte); the caller guarantees that it describes exactly the planned layout, padding included.
-  std::optional<std::string> header;
+  std::optional<std::string> header = std::nullopt;
 };
 
 // The reference writer's layout: entries in file order with their offsets. ConfigError (naming `what` and
@@ -251,7 +251,7 @@ ShardPlan plan_shards(const std::vector<TensorSpec>& tensors, std::uint64_t max_
 std::string shard_index_json(const ShardPlan& plan, std::optional<std::uint64_t> total_parameters = {});
 // The same with the index's "metadata" object given whole (null: no "metadata" key), as json.dumps(index,
 // indent=2, sort_keys=True) + "\n" writes it.
-std::string shard_index_json(const ShardPlan& plan, const nlohmann::json& metadata);
+std::string shard_index_json_with_metadata(const ShardPlan& plan, const nlohmann::json& metadata);
 
 // Writes every shard of a plan in `dir` (which must exist), streaming tensor by tensor. finish() commits
 // all shards, then the index (removing a stale index first when overwriting), so a set without its index

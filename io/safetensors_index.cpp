@@ -108,7 +108,7 @@ std::string shard_index_json(const ShardPlan& plan, std::optional<std::uint64_t>
   return j.dump(2, ' ', /*ensure_ascii=*/true) + "\n";  // json.dumps(indent=2) + "\n"
 }
 
-std::string shard_index_json(const ShardPlan& plan, const nlohmann::json& metadata) {
+std::string shard_index_json_with_metadata(const ShardPlan& plan, const nlohmann::json& metadata) {
   nlohmann::json j = nlohmann::json::object();
   if (!metadata.is_null()) j["metadata"] = metadata;
   j["weight_map"] = nlohmann::json::object();
