@@ -135,6 +135,14 @@ bool read_attr_i64(hid_t obj, const char* name, std::vector<std::int64_t>& out) 
   return n == 0 || H5Aread(attr.get(), H5T_NATIVE_INT64, out.data()) >= 0;  // n == 0: a null dataspace
 }
 
+H5Id hyperslab_space(const Shape& dims, const Shape& start, const Shape& count) {
+  std::vector<hsize_t> hd(dims.begin(), dims.end()), hs(start.begin(), start.end()), hc(count.begin(), count.end());
+  H5Id space(H5Screate_simple(static_cast<int>(hd.size()), hd.data(), nullptr), H5Sclose);
+  if (!space.valid() || H5Sselect_hyperslab(space.get(), H5S_SELECT_SET, hs.data(), nullptr, hc.data(), nullptr) < 0)
+    fail("cannot build an HDF5 selection: {}", h5_error());
+  return space;
+}
+
 H5Id make_fapl() {
   H5Id fapl(H5Pcreate(H5P_FILE_ACCESS), H5Pclose);
   if (!fapl.valid() || H5Pset_alignment(fapl.get(), 1 << 20, 1 << 20) < 0 ||

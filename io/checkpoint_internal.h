@@ -98,6 +98,9 @@ bool read_attr_i64(hid_t obj, const char* name, std::vector<std::int64_t>& out);
 // A file access property list: 1 MiB alignment of objects >= 1 MiB, file locking off.
 H5Id make_fapl();
 
+// A dataspace of `dims` with the box [start, start + count) selected.
+H5Id hyperslab_space(const Shape& dims, const Shape& start, const Shape& count);
+
 // A key's validity (see checkpoint.h); `why` explains a refusal.
 bool valid_key(const std::string& key, std::string& why);
 // "rank_00003.h5"

@@ -41,13 +41,6 @@ void copy_box(const char* src, const Shape& src_dims, std::int64_t src_first, ch
   }
 }
 
-H5Id hyperslab_space(const Shape& dims, const Shape& start, const Shape& count) {
-  std::vector<hsize_t> hd(dims.begin(), dims.end()), hs(start.begin(), start.end()), hc(count.begin(), count.end());
-  H5Id space(H5Screate_simple(static_cast<int>(hd.size()), hd.data(), nullptr), H5Sclose);
-  if (!space.valid() || H5Sselect_hyperslab(space.get(), H5S_SELECT_SET, hs.data(), nullptr, hc.data(), nullptr) < 0)
-    fail("cannot build an HDF5 selection: {}", ckpt::h5_error());
-  return space;
-}
 
 }  // namespace
 
@@ -97,8 +90,8 @@ struct CheckpointReader::Impl {
         const std::int64_t len = std::min(piece, n - at);
         std::int64_t filled = 0;
         for (const Box& b : ckpt::flat_to_boxes(at, at + len, dims)) {
-          H5Id file = hyperslab_space(dims, b.offset, b.count);
-          H5Id mem = hyperslab_space({b.numel()}, {0}, {b.numel()});
+          H5Id file = ckpt::hyperslab_space(dims, b.offset, b.count);
+          H5Id mem = ckpt::hyperslab_space({b.numel()}, {0}, {b.numel()});
           char* dst = buf.data() + static_cast<std::size_t>(filled) * esize;
           check(H5Dread(ds, type, mem.get(), file.get(), H5P_DEFAULT, dst));
           filled += b.numel();
@@ -313,24 +306,24 @@ void CheckpointReader::read(const std::string& key, const Slice& slice, Tensor& 
         }
         Shape mem_start(in.offset.size());
         for (std::size_t d = 0; d < mem_start.size(); ++d) mem_start[d] = in.offset[d] - q.box.offset[d];
-        H5Id mem = hyperslab_space(q.box.count, mem_start, in.count);
+        H5Id mem = ckpt::hyperslab_space(q.box.count, mem_start, in.count);
         char* dst = out_base + static_cast<std::size_t>(q.first) * esize;
         const std::int64_t first = ckpt::linear_index(in.offset, t.shape);
         if (!s.slice.flat) {  // N-d dataset of the shard's box
           Shape file_start(in.offset.size());
           for (std::size_t d = 0; d < file_start.size(); ++d) file_start[d] = in.offset[d] - s.slice.offset[d];
-          H5Id file = hyperslab_space(s.slice.count, file_start, in.count);
+          H5Id file = ckpt::hyperslab_space(s.slice.count, file_start, in.count);
           check(H5Dread(ds.get(), type, mem.get(), file.get(), H5P_DEFAULT, dst));
         } else if (ckpt::contiguous_in(in, p)) {  // one run of the 1-d dataset, scattered into place
-          H5Id file = hyperslab_space({s.slice.numel()}, {first - s.slice.begin}, {in.numel()});
+          H5Id file = ckpt::hyperslab_space({s.slice.numel()}, {first - s.slice.begin}, {in.numel()});
           check(H5Dread(ds.get(), type, mem.get(), file.get(), H5P_DEFAULT, dst));
         } else {  // the covering run, then the box out of it
           Shape last(in.offset.size());
           for (std::size_t d = 0; d < last.size(); ++d) last[d] = in.offset[d] + in.count[d] - 1;
           const std::int64_t n = ckpt::linear_index(last, t.shape) - first + 1;
           std::vector<char> tmp(static_cast<std::size_t>(n) * esize);
-          H5Id file = hyperslab_space({s.slice.numel()}, {first - s.slice.begin}, {n});
-          H5Id all = hyperslab_space({n}, {0}, {n});
+          H5Id file = ckpt::hyperslab_space({s.slice.numel()}, {first - s.slice.begin}, {n});
+          H5Id all = ckpt::hyperslab_space({n}, {0}, {n});
           check(H5Dread(ds.get(), type, all.get(), file.get(), H5P_DEFAULT, tmp.data()));
           copy_box(tmp.data(), t.shape, first, dst, q.box, in, esize);
         }

@@ -165,18 +165,6 @@ void CheckpointWriter::add(const std::string& key, const Shape& global_shape, DT
   }
 }
 
-namespace {
-
-H5Id selection(const Shape& dims, const Shape& start, const Shape& count) {
-  std::vector<hsize_t> hd(dims.begin(), dims.end()), hs(start.begin(), start.end()), hc(count.begin(), count.end());
-  H5Id space(H5Screate_simple(static_cast<int>(hd.size()), hd.data(), nullptr), H5Sclose);
-  if (!space.valid() || H5Sselect_hyperslab(space.get(), H5S_SELECT_SET, hs.data(), nullptr, hc.data(), nullptr) < 0)
-    fail("cannot build an HDF5 selection: {}", ckpt::h5_error());
-  return space;
-}
-
-}  // namespace
-
 void CheckpointWriter::add_pieces(const std::string& key, const Shape& shape, DType dtype, std::int64_t piece,
                                   const PieceFill& fill) {
   DG_CHECK(!done_ && file_ >= 0, "checkpoint {}: add('{}') after commit", final_dir_, key);
@@ -198,8 +186,8 @@ void CheckpointWriter::add_pieces(const std::string& key, const Shape& shape, DT
         }
         std::int64_t done = 0;
         for (const ckpt::Box& b : ckpt::flat_to_boxes(at, at + len, shape)) {
-          H5Id file = selection(shape, b.offset, b.count);
-          H5Id mem = selection({b.numel()}, {0}, {b.numel()});
+          H5Id file = ckpt::hyperslab_space(shape, b.offset, b.count);
+          H5Id mem = ckpt::hyperslab_space({b.numel()}, {0}, {b.numel()});
           if (H5Dwrite(ds, type, mem.get(), file.get(), H5P_DEFAULT, buf.data() + static_cast<std::size_t>(done) * es) < 0)
             fail("checkpoint {}: cannot write dataset /{} in {}: {}", final_dir_, key, file_name_, ckpt::h5_error());
           done += b.numel();

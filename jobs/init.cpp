@@ -23,7 +23,7 @@ void init_options(po::options_description& d) {
       ("seed", po::value<std::uint64_t>()->default_value(0), "random seed")
       ("dtype", po::value<std::string>()->default_value("bf16"), "stored dtype: bf16 or f32")
       ("init-std", po::value<double>()->default_value(0.02, "0.02"), "std of the normal init (initializer_range)")
-      ("max-shard-size", po::value<std::string>()->default_value("5GB"), "shard size limit (e.g. 5GB, 500MB)")
+      ("max-shard-size", po::value<std::string>()->default_value("50GB"), "shard size limit (e.g. 5GB, 500MB; default as transformers 5 save_pretrained)")
       ("tokenizer", po::value<std::string>()->value_name("DIR"), "copy tokenizer.json, tokenizer_config.json and chat_template.jinja from DIR (default for --preset tiny: the built-in tokenizer)")
       ("overwrite", po::bool_switch(), "replace an existing output directory");
 }
