@@ -185,6 +185,7 @@ ModelConfig load_model_config(const std::string& path) {
 void check_generation_config(const json& j, const std::string& file) {
   const JsonFields g(j, file);
   g.integer<int>("max_new_tokens", 1, 1, kMaxInt);
+  g.integer<int>("max_length", 1, 1, kMaxInt);
   g.integer<int>("max_denoising_steps", 1, 1, kMaxInt);
   g.integer<int>("stability_threshold", 0, 0, kMaxInt);
   for (const char* key : {"t_min", "t_max", "confidence_threshold"}) g.number(key, 0);

@@ -63,6 +63,7 @@ void generate_options(po::options_description& d) {
       ("batch-size", po::value<int>()->default_value(0), "requests run in lock-step (0: chosen from --memory-gb)")
       ("memory-gb", po::value<double>()->default_value(4.0), "memory budget per rank for the batch (KV cache + activations)")
       ("max-new-tokens", po::value<int>(), "default: generation_config.json (256); rounded up to whole canvases")
+      ("max-length", po::value<int>(), "prompt + new tokens, used while max-new-tokens is 256 (HF's rule; default: generation_config.json)")
       ("max-denoising-steps", po::value<int>(), "default: generation_config.json (48)")
       ("entropy-bound", po::value<double>(), "entropy-bound sampler gamma (default 0.1)")
       ("t-min", po::value<double>(), "final temperature of the schedule (default 0.4)")
@@ -400,6 +401,7 @@ GenerationConfig generation_config(const JobContext& ctx, const HfModel& m) {
     if (gc.is_object() && gc.contains(key) && !gc[key].is_null()) field = gc[key].get<std::decay_t<decltype(field)>>();
   };
   from_file("max_new_tokens", g.max_new_tokens);
+  from_file("max_length", g.max_length);
   from_file("max_denoising_steps", g.max_denoising_steps);
   from_file("t_min", g.t_min);
   from_file("t_max", g.t_max);
@@ -408,13 +410,20 @@ GenerationConfig generation_config(const JobContext& ctx, const HfModel& m) {
   from_file("pad_token_id", g.pad_token_id);
   if (gc.is_object() && gc.contains("sampler_config") && gc["sampler_config"].contains("entropy_bound"))
     g.entropy_bound = gc["sampler_config"]["entropy_bound"].get<double>();
-  g.eos_token_ids = m.config.eos_token_ids;
-  if (gc.is_object() && gc.contains("eos_token_id")) {
+  // Like the reference's generate: the EOS set comes from generation_config.json only (config.json's
+  // eos_token_id is not used); without one, no EOS stops a request.
+  g.eos_token_ids.clear();
+  if (gc.is_object() && gc.contains("eos_token_id") && !gc["eos_token_id"].is_null()) {
     const json& e = gc["eos_token_id"];
     g.eos_token_ids = e.is_array() ? e.get<std::vector<int>>() : std::vector<int>{e.get<int>()};
   }
+  if (g.eos_token_ids.empty())
+    log::warn("generate: {} sets no eos_token_id: as with Hugging Face's generate, no EOS token ends a request "
+              "(each runs to its max_new_tokens)", m.generation_config_json.is_object() ? "generation_config.json"
+                                                                                        : "the model has no generation_config.json and");
   const auto& vm = ctx.vm;
   if (vm.count("max-new-tokens")) g.max_new_tokens = vm["max-new-tokens"].as<int>();
+  if (vm.count("max-length")) g.max_length = vm["max-length"].as<int>();
   if (vm.count("max-denoising-steps")) g.max_denoising_steps = vm["max-denoising-steps"].as<int>();
   if (vm.count("entropy-bound")) g.entropy_bound = vm["entropy-bound"].as<double>();
   if (vm.count("t-min")) g.t_min = vm["t-min"].as<double>();

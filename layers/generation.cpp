@@ -9,6 +9,7 @@ namespace dg {
 
 void GenerationConfig::validate() const {
   if (max_new_tokens <= 0) fail_config("generation: max_new_tokens must be positive, got {}", max_new_tokens);
+  if (max_length < 0) fail_config("generation: max_length must be positive, got {}", max_length);
   if (max_denoising_steps <= 0)
     fail_config("generation: max_denoising_steps must be positive, got {}", max_denoising_steps);
   if (!(entropy_bound > 0)) fail_config("generation: entropy_bound must be > 0, got {}", entropy_bound);
@@ -17,6 +18,17 @@ void GenerationConfig::validate() const {
   if (!(confidence_threshold > 0))
     fail_config("generation: confidence_threshold must be > 0, got {}", confidence_threshold);
   if (vocab_chunk <= 0) fail_config("generation: vocab_chunk must be positive");
+}
+
+float step_temperature(const GenerationConfig& g, std::int64_t remaining) {
+  const double fraction = static_cast<double>(remaining) / static_cast<double>(g.max_denoising_steps);
+  return static_cast<float>(g.t_min + (g.t_max - g.t_min) * fraction);
+}
+
+int request_max_new_tokens(const GenerationConfig& g, const GenerationRequest& req) {
+  const int max_new = req.max_new_tokens > 0 ? req.max_new_tokens : g.max_new_tokens;
+  if (g.max_length > 0 && max_new == 256) return g.max_length - static_cast<int>(req.prompt.size());
+  return max_new;
 }
 
 namespace {
@@ -82,7 +94,7 @@ std::vector<GenerationResult> generate(const ModelConfig& c, const ModelWeights&
       if (req.prompt[t] < 0 || req.prompt[t] >= V)
         fail("encode: token id {} at row {}, position {} is outside the vocabulary [0, {})", req.prompt[t], b,
              pad[static_cast<std::size_t>(b)] + static_cast<std::int64_t>(t), V);
-    const int max_new = req.max_new_tokens > 0 ? req.max_new_tokens : g.max_new_tokens;
+    const int max_new = std::max(0, request_max_new_tokens(g, req));
     canvases_allowed[static_cast<std::size_t>(b)] = static_cast<int>((max_new + C - 1) / C);
   }
   auto prompt_at = [&](std::int64_t i, bool want_valid) -> std::int32_t {
@@ -102,6 +114,8 @@ std::vector<GenerationResult> generate(const ModelConfig& c, const ModelWeights&
   const float scale = embed_scale(H, w.embed_tokens.dtype());
   const LmHeadOpts head{static_cast<float>(c.final_logit_softcapping), g.vocab_chunk};
   std::vector<bool> finished(static_cast<std::size_t>(B), false);
+  for (std::size_t b = 0; b < finished.size(); ++b)  // no room for a canvas (max_length below the prompt)
+    if (canvases_allowed[b] == 0) finished[b] = true, results[b].finish_reason = "length";
   std::int64_t passes_total = 0;
   std::vector<std::int32_t> committed(static_cast<std::size_t>(B * C));  // the last committed canvas (host)
   // Uniform tokens in [0, V) keyed by (purpose, step, request, position), row-major [B, C].
@@ -135,8 +149,7 @@ std::vector<GenerationResult> generate(const ModelConfig& c, const ModelWeights&
         if (!done[static_cast<std::size_t>(b)] && !finished[static_cast<std::size_t>(b)])
           ++results[static_cast<std::size_t>(b)].denoising_steps;
       const Tensor hidden = decode_soft(c, w, x, soft, cache).reshape({B * C, H});
-      const float temperature = static_cast<float>(g.t_min) +
-                                static_cast<float>(g.t_max - g.t_min) * static_cast<float>(s) / static_cast<float>(N);
+      const float temperature = step_temperature(g, s);
       Tensor entropy = Tensor::empty({B * C}, DType::F32, dev), step_amax = Tensor::empty({B * C}, DType::I32, dev),
              sampled = Tensor::empty({B * C}, DType::I32, dev), next_soft = Tensor::empty({B * C, H}, DType::F32, dev);
       const Tensor uniforms = upload<float>(dev, {B * C}, DType::F32, [&](std::int64_t i) {

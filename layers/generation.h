@@ -21,12 +21,13 @@ namespace dg {
 
 struct GenerationConfig {
   int max_new_tokens = 256;         // rounded UP to whole canvases (the reference never truncates)
+  int max_length = 0;               // 0: unset; else, while max_new_tokens is 256: max_length - prompt length
   int max_denoising_steps = 48;
   double entropy_bound = 0.1;       // EntropyBoundSampler gamma
   double t_min = 0.4, t_max = 0.8;  // temperature schedule: t_min + (t_max - t_min) * s / N, s = N ... 1
   int stability_threshold = 1;      // argmax canvases that must agree (0: always stable)
   double confidence_threshold = 0.005;
-  std::vector<int> eos_token_ids{1};
+  std::vector<int> eos_token_ids{1};  // empty: no EOS stops (the reference without an eos_token_id)
   int pad_token_id = 0;
   std::uint64_t seed = 0;
   std::int64_t vocab_chunk = 16384;
@@ -34,11 +35,22 @@ struct GenerationConfig {
   void validate() const;  // ConfigError naming the field, the rules of model.md §7.1
 };
 
+// The temperature of the denoising step with `remaining` steps left (N ... 1), in the reference's order of
+// operations: t_min + (t_max - t_min) * (remaining / N) in double, then rounded to the fp32 the logits are
+// divided by.
+float step_temperature(const GenerationConfig& g, std::int64_t remaining);
+
 struct GenerationRequest {
   std::vector<std::int32_t> prompt;  // token ids (chat template already applied)
   std::uint64_t sample_index = 0;    // global index of the request: keys its random numbers
   int max_new_tokens = -1;           // per-request override (-1: the config's)
 };
+
+// The tokens a request may generate, by the reference's rule: its own max_new_tokens, else the config's;
+// when that is the default 256 and max_length is set, max_length - the prompt's length (the reference
+// takes the batch's padded length; here each request is its own batch, so results stay batch-invariant).
+// Zero or less: no canvas.
+int request_max_new_tokens(const GenerationConfig& g, const GenerationRequest& req);
 
 struct GenerationResult {
   std::vector<std::int32_t> tokens;  // generated tokens, through the first EOS (pads dropped)

@@ -2,6 +2,11 @@
 // batch mates, canvas rounding, EOS handling, stopping, metrics and option validation.
 #include <doctest/doctest.h>
 
+#include <cstring>
+#include <fstream>
+
+#include <nlohmann/json.hpp>
+
 #include "jobs/model_load.h"
 #include "layers/generation.h"
 
@@ -104,4 +109,78 @@ TEST_CASE("generation options are validated") {
   CHECK_THROWS_AS(generate(m.config, m.weights, {GenerationRequest{{2}, 0, -1}}, g), ConfigError);
   CHECK_THROWS_WITH_AS(generate(m.config, m.weights, {GenerationRequest{{}, 5, -1}}, quick()),
                        doctest::Contains("empty prompt"), ConfigError);
+}
+
+// The reference's defaults and edge rules, recorded from Hugging Face's own code by
+// scripts/fixtures/make_generation_rules.py (tests/fixtures/generation_rules/rules.json).
+namespace {
+nlohmann::json rules() {
+  std::ifstream in(std::string(DGEMMA_FIXTURES) + "/generation_rules/rules.json");
+  REQUIRE(in.good());
+  return nlohmann::json::parse(in);
+}
+float from_bits(std::uint32_t b) {
+  float f;
+  std::memcpy(&f, &b, sizeof f);
+  return f;
+}
+}  // namespace
+
+TEST_CASE("defaults: a model without generation_config.json gets the reference's sampling defaults") {
+  const nlohmann::json d = rules()["defaults_without_generation_config"];
+  const GenerationConfig g;
+  CHECK(g.max_new_tokens == d["max_new_tokens"].get<int>());
+  CHECK(d["max_length"].is_null());
+  CHECK(g.max_length == 0);  // unset
+  CHECK(g.max_denoising_steps == d["max_denoising_steps"].get<int>());
+  CHECK(g.entropy_bound == d["entropy_bound"].get<double>());
+  CHECK(g.t_min == d["t_min"].get<double>());
+  CHECK(g.t_max == d["t_max"].get<double>());
+  CHECK(g.stability_threshold == d["stability_threshold"].get<int>());
+  CHECK(g.confidence_threshold == d["confidence_threshold"].get<double>());
+  // The reference takes no EOS set from config.json (it has one): generate warns and stops on no EOS
+  // (tests/cli/test_generate.sh checks the job side).
+  CHECK(d["eos_token_id"].is_null());
+  CHECK_FALSE(d["config_json_eos_token_id"].is_null());
+}
+
+TEST_CASE("max_length: the reference's rule for the tokens a request may generate") {
+  for (const nlohmann::json& c : rules()["generated_length"]) {
+    CAPTURE(c.dump());
+    GenerationConfig g;
+    g.max_length = c[0].is_null() ? 0 : c[0].get<int>();
+    g.max_new_tokens = c[1].get<int>();
+    GenerationRequest r;
+    r.prompt.assign(c[2].get<std::size_t>(), 5);
+    CHECK(request_max_new_tokens(g, r) == c[3].get<int>());
+  }
+  GenerationConfig g;
+  g.max_length = 100;
+  GenerationRequest r;
+  r.prompt.assign(10, 5);
+  r.max_new_tokens = 256;  // a request asking for exactly 256 falls under the rule too, as in the reference
+  CHECK(request_max_new_tokens(g, r) == 90);
+  r.max_new_tokens = 17;
+  CHECK(request_max_new_tokens(g, r) == 17);
+}
+
+TEST_CASE("temperature schedule: logits / step_temperature are the reference's bits at every step") {
+  const nlohmann::json t = rules()["temperature"];
+  std::vector<float> logits;
+  for (std::uint32_t b : t["logits_bits"]) logits.push_back(from_bits(b));
+  int mismatches = 0, compared = 0;
+  for (const nlohmann::json& c : t["cases"]) {
+    GenerationConfig g;
+    g.t_min = c["t_min"].get<double>();
+    g.t_max = c["t_max"].get<double>();
+    g.max_denoising_steps = c["n"].get<int>();
+    const auto& steps = c["scaled_bits"];
+    for (int s = g.max_denoising_steps, k = 0; s >= 1; --s, ++k) {
+      const float temp = step_temperature(g, s);
+      for (std::size_t i = 0; i < logits.size(); ++i, ++compared)
+        mismatches += logits[i] / temp != from_bits(steps[static_cast<std::size_t>(k)][i].get<std::uint32_t>());
+    }
+  }
+  CHECK(compared > 1000);
+  CHECK(mismatches == 0);
 }

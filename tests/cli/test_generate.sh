@@ -155,5 +155,23 @@ expect 2 "t_max" -- "$DGEMMA" generate "${OPTS[@]}" --output x.jsonl --t-min 0.9
 expect 2 "model directory|config.json" -- "$DGEMMA" generate --model nowhere --input in.jsonl --output x.jsonl
 check "nothing written by the failed runs" test ! -e x.jsonl
 
+# Without an eos_token_id in generation_config.json (or without the file) Hugging Face's generate stops on
+# no EOS, whatever config.json says (tests/fixtures/generation_rules/rules.json); so does dgemma, and says so.
+mkdir -p noeos && cp model/config.json model/model.safetensors model/tokenizer*.json noeos/
+cp model/chat_template.jinja noeos/ 2>/dev/null
+expect 0 "sets no eos_token_id" -- "$DGEMMA" generate --model noeos --input in.jsonl --output noeos.jsonl --max-new-tokens 8 --max-denoising-steps 4
+check "no EOS set: no result ends on a stop" bash -c "! grep -q '\"finish_reason\":\"stop\"' noeos.jsonl"
+# max_length in generation_config.json applies while max_new_tokens is the default 256: max_length 1 leaves
+# no room after any prompt, so no canvas is generated.
+cp -r noeos maxlen && cp model/generation_config.json maxlen/
+sed -i 's/"max_new_tokens": 256,/"max_new_tokens": 256, "max_length": 1,/' maxlen/generation_config.json
+# (A request's own max_tokens is not 256, so the rule leaves it alone: in.jsonl's "b" and "d" have one.)
+sed -n '1p;4p;8p' in.jsonl > maxlen_in.jsonl
+expect 0 "3 results written" -- "$DGEMMA" generate --model maxlen --input maxlen_in.jsonl --output maxlen.jsonl --max-denoising-steps 4
+check "max_length 1: no canvases generated (the third line is an error record)" test "$(grep -c '"canvases":0,' maxlen.jsonl)" -eq 2
+sed -n '1p;2p' in.jsonl > maxlen_own.jsonl
+expect 0 "2 results written" -- "$DGEMMA" generate --model maxlen --input maxlen_own.jsonl --output maxlen_own.jsonl.out --max-denoising-steps 4
+check "max_length 1: a request's own max_tokens still generates" test "$(grep -c '"canvases":0,' maxlen_own.jsonl.out)" -eq 1
+
 echo "$passed passed, $failed failed"
 [[ $failed -eq 0 ]]
