@@ -7,6 +7,7 @@
 #include <limits>
 #include <vector>
 
+#include "layers/cpu/check.h"
 #include "layers/cpu/head_chunk.h"
 #include "layers/cpu/vmath.h"
 #include "layers/ops.h"
@@ -15,11 +16,7 @@ namespace dg {
 namespace vm = cpu::vm;
 namespace {
 
-void expect(const char* op, const char* name, const Tensor& t, DType dtype, const Shape& shape) {
-  if (!t.defined() || t.dtype() != dtype || t.shape() != shape)
-    fail("{}: {} should be {}{}, got {}", op, name, dtype_name(dtype), shape_str(shape),
-         t.defined() ? t.describe() : std::string("nothing"));
-}
+using cpu::expect;
 
 // Checks hidden [T,H] and embedding [V,H] and the options; returns V.
 std::int64_t check_head(const char* op, const Tensor& hidden, const Tensor& embedding, const LmHeadOpts& o) {

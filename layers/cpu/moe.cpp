@@ -7,16 +7,13 @@
 #include <cmath>
 #include <vector>
 
+#include "layers/cpu/check.h"
 #include "layers/ops.h"
 
 namespace dg {
 namespace {
 
-void expect(const char* op, const char* name, const Tensor& t, DType dtype, const Shape& shape) {
-  if (!t.defined() || t.dtype() != dtype || t.shape() != shape)
-    fail("{}: {} should be {}{}, got {}", op, name, dtype_name(dtype), shape_str(shape),
-         t.defined() ? t.describe() : std::string("nothing"));
-}
+using cpu::expect;
 
 // z = ((r · rstd) ⊙ scale) · inv_sqrt_h for every row, in the spec's order (model.md §3.6).
 void router_input(const float* r, const float* rstd, const float* scale, std::int64_t t_count, std::int64_t h,

@@ -15,6 +15,7 @@
 #include <limits>
 #include <vector>
 
+#include "layers/cpu/check.h"
 #include "layers/cpu/head_chunk.h"
 #include "layers/cpu/vmath.h"
 #include "layers/ops.h"
@@ -23,11 +24,7 @@ namespace dg {
 namespace vm = cpu::vm;
 namespace {
 
-void expect(const char* op, const char* name, const Tensor& t, DType dtype, const Shape& shape) {
-  if (!t.defined() || t.dtype() != dtype || t.shape() != shape)
-    fail("{}: {} should be {}{}, got {}", op, name, dtype_name(dtype), shape_str(shape),
-         t.defined() ? t.describe() : std::string("nothing"));
-}
+using cpu::expect;
 
 void check_cpu_args(const char* op, const Tensor& hidden, const Tensor& embedding, float temperature,
                     const Tensor& uniforms, const Tensor& entropy, const Tensor& argmax, const Tensor& sampled,
