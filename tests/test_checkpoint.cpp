@@ -20,6 +20,7 @@
 #include "jobs/checkpoint_group.h"
 #include "io/checkpoint_internal.h"
 #include "parallel/comm.h"
+#include "tests/mpi_test_util.h"
 
 using namespace dg;
 namespace fs = std::filesystem;
@@ -27,31 +28,10 @@ using nlohmann::json;
 
 namespace {
 
-Comm& world() {
-  static std::unique_ptr<Comm> w = mpi_world();
-  return *w;
-}
+using test::world;
 
-// A directory every rank sees: created by rank 0, its name broadcast, removed at the end.
-struct SharedTempDir {
-  std::string path;
-  SharedTempDir() {
-    Comm& c = world();
-    std::vector<std::int32_t> buf(64, 0);
-    if (c.rank() == 0) {
-      std::string tmpl = (fs::temp_directory_path() / "dg_ckpt_XXXXXX").string();
-      REQUIRE(::mkdtemp(tmpl.data()) != nullptr);
-      REQUIRE(tmpl.size() < buf.size() * 4);
-      std::memcpy(buf.data(), tmpl.data(), tmpl.size());
-    }
-    c.broadcast(buf.data(), buf.size(), DType::I32, 0);
-    path = reinterpret_cast<const char*>(buf.data());
-  }
-  ~SharedTempDir() {
-    world().barrier();
-    if (world().rank() == 0) fs::remove_all(path);
-  }
-  std::string sub(const std::string& name) const { return path + "/" + name; }
+struct SharedTempDir : test::SharedTempDir {
+  SharedTempDir() : test::SharedTempDir("dg_ckpt") {}
 };
 
 std::uint64_t mix(std::uint64_t x) {  // splitmix64

@@ -14,35 +14,17 @@
 #include "io/transpose.h"
 #include "jobs/checkpoint_group.h"
 #include "parallel/comm.h"
+#include "tests/mpi_test_util.h"
 
 using namespace dg;
 namespace fs = std::filesystem;
 
 namespace {
 
-Comm& world() {
-  static std::unique_ptr<Comm> w = mpi_world();
-  return *w;
-}
+using test::world;
 
-// A directory every rank sees: created by rank 0, its name broadcast, removed at the end.
-struct SharedTempDir {
-  std::string path;
-  SharedTempDir() {
-    Comm& c = world();
-    std::vector<std::int32_t> buf(64, 0);
-    if (c.rank() == 0) {
-      std::string tmpl = (fs::temp_directory_path() / "dg_convert_io_XXXXXX").string();
-      REQUIRE(::mkdtemp(tmpl.data()) != nullptr);
-      std::memcpy(buf.data(), tmpl.data(), tmpl.size());
-    }
-    c.broadcast(buf.data(), buf.size(), DType::I32, 0);
-    path = reinterpret_cast<const char*>(buf.data());
-  }
-  ~SharedTempDir() {
-    world().barrier();
-    if (world().rank() == 0) fs::remove_all(path);
-  }
+struct SharedTempDir : test::SharedTempDir {
+  SharedTempDir() : test::SharedTempDir("dg_convert_io") {}
 };
 
 struct LocalTempDir {

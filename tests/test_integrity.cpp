@@ -23,6 +23,7 @@
 #include "io/sft_data.h"
 #include "jobs/checkpoint_group.h"
 #include "parallel/comm.h"
+#include "tests/mpi_test_util.h"
 
 using namespace dg;
 namespace fs = std::filesystem;
@@ -30,10 +31,7 @@ using nlohmann::json;
 
 namespace {
 
-Comm& world() {
-  static std::unique_ptr<Comm> w = mpi_world();
-  return *w;
-}
+using test::world;
 
 struct TempDir {
   std::string path;
