@@ -267,7 +267,8 @@ int run_cli(int argc, char** argv) {
     log::info("dgemma {} {} | {} rank(s) on {} node(s) | device {}", DGEMMA_VERSION, job->name, rt.size, rt.nodes,
               rt.device_description);
     if (rt.rank == 0) fmt::print("{}", parsed.resolved), std::fflush(stdout);
-    JobEnv env{rt.world.get(), rt.rank, rt.node_id, rt.cuda_device, [&rt] { return rt.stop_requested(); }};
+    JobEnv env{rt.world.get(), rt.rank, rt.node_id, rt.cuda_device, [&rt] { return rt.stop_requested(); },
+               rt.local_size};
     JobContext ctx{env, parsed.vm, parsed.resolved};
     code = job->run(ctx);
   } catch (const ConfigError& e) {

@@ -39,6 +39,7 @@ namespace dg {
 
 void bench_options(po::options_description& d) {
   add_device_option(d);
+  add_threads_option(d);
   d.add_options()
       ("what", po::value<std::string>()->default_value("all"), "gemm, comm, ops, fsdp, ep, model or all (= gemm and comm)")
       ("tokens", po::value<std::int64_t>()->value_name("N"), "ops: tokens per call (rows, default 2048); ep: tokens per rank per micro-batch, the T of each MoE call (default 4096)")
@@ -583,6 +584,7 @@ int bench_run(JobContext& ctx) {
     fail_config("bench: --what must be gemm, comm, ops or all (= gemm and comm), or fsdp, ep or model; not '{}'", what);
   if (ctx.vm.count("tokens") && ctx.vm["tokens"].as<std::int64_t>() <= 0) fail_config("bench: --tokens must be positive");
   log::info("bench: device {}", device_name(resolve_device(ctx, "bench", true)));
+  resolve_threads(ctx, "bench");
   for (const char* dim : {"hidden", "vocab"})
     if (ctx.vm[dim].as<std::int64_t>() <= 0) fail_config("bench: --{} must be positive", dim);
   const std::string dtype = ctx.vm["dtype"].as<std::string>();

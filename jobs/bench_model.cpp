@@ -231,10 +231,9 @@ int bench_model_run(JobContext& ctx) {
   const std::int64_t C = c.canvas_length;
   std::int64_t params = 0;
   for (const ParamSpec& p : model_params(c)) params += shape_numel(p.shape);
-  const char* blas = std::getenv("OPENBLAS_NUM_THREADS");
   log::info("bench model: {}: {}, {:.1f} M parameters (f32, CPU)", m.where, c.summary(), double(params) / 1e6);
-  log::info("bench model: batch {}, prompt {} tokens, canvas {}; {} timed runs each after one warm-up; "
-            "OPENBLAS_NUM_THREADS={}", B, L, C, iters, blas ? blas : "(unset)");
+  log::info("bench model: batch {}, prompt {} tokens, canvas {}; {} timed runs each after one warm-up; {} CPU threads",
+            B, L, C, iters, cpu_threads());
 
   std::mt19937 rng(1234);
   const std::vector<std::int32_t> prompt_ids = random_ids(B * L, c.vocab_size, rng);

@@ -1,7 +1,14 @@
 // --device resolution (see device_choice.h).
 #include "jobs/device_choice.h"
 
+#include <sched.h>
+
+#include <cstdlib>
+#include <string>
+#include <thread>
+
 #include "jobs/log.h"
+#include "layers/ops.h"
 
 namespace dg {
 
@@ -30,6 +37,38 @@ Device resolve_device(const JobContext& ctx, const char* job, bool cuda_path_rea
     return Device::CPU;
   }
   return gpu ? Device::CUDA : Device::CPU;
+}
+
+void add_threads_option(po::options_description& d) {
+  d.add_options()("threads", po::value<int>()->default_value(0),
+                  "CPU threads of this rank's GEMMs (0: OPENBLAS_NUM_THREADS, else the cores the rank is bound to, "
+                  "else cores / ranks on the node)");
+}
+
+int resolve_threads(const JobContext& ctx, const char* job) {
+  const int asked = ctx.vm["threads"].as<int>();
+  if (asked < 0 || asked > 4096) fail_config("{}: --threads must be in [0, 4096] (0: automatic), not {}", job, asked);
+  int n = asked;
+  std::string why = "--threads";
+  if (n == 0) {
+    cpu_set_t set;
+    const int bound = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : 0;
+    const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    const char* env = std::getenv("OPENBLAS_NUM_THREADS");
+    if (env != nullptr && std::atoi(env) > 0) {
+      n = std::atoi(env);
+      why = "OPENBLAS_NUM_THREADS";
+    } else if (bound > 0 && bound < cores) {
+      n = bound;
+      why = fmt::format("the {} cores this rank is bound to", bound);
+    } else {
+      n = std::max(1, cores / std::max(1, ctx.rt.local_size));
+      why = fmt::format("{} cores / {} ranks on the node", cores, ctx.rt.local_size);
+    }
+  }
+  set_cpu_threads(n);
+  log::info("{}: {} CPU thread{} per rank ({})", job, n, n == 1 ? "" : "s", why);
+  return n;
 }
 
 }  // namespace dg

@@ -55,6 +55,7 @@ using nlohmann::json;
 
 void generate_options(po::options_description& d) {
   add_device_option(d);
+  add_threads_option(d);
   d.add_options()
       ("model", po::value<std::string>()->value_name("DIR"), "HF model directory (config, weights, tokenizer)")
       ("tokenizer", po::value<std::string>()->value_name("DIR"), "tokenizer.json location (default: --model)")
@@ -462,6 +463,7 @@ int generate_run(JobContext& ctx) {
 
   Comm& world = *ctx.rt.world;
   const Device device = resolve_device(ctx, "generate", /*cuda_path_ready=*/false);
+  resolve_threads(ctx, "generate");
   log::info("generate: device {}", device_name(device));
   // A request's result must not depend on its batch mates or the rank count: fixed-row-tile GEMMs.
   set_batch_invariant(vm["batch-invariant"].as<bool>());

@@ -22,6 +22,7 @@ struct JobEnv {
   int node_id = 0;        // shared by the ranks of one node
   int cuda_device = -1;   // selected device ordinal, -1 on the CPU
   std::function<bool()> stop_requested;  // collective: true on every rank once any rank was signalled
+  int local_size = 1;     // ranks on this node (their share of its cores: --threads)
 };
 
 struct JobContext {

@@ -49,6 +49,7 @@ using nlohmann::json;
 
 void sft_options(po::options_description& d) {
   add_device_option(d);
+  add_threads_option(d);
   d.add_options()
       ("model", po::value<std::string>()->value_name("DIR"), "HF model directory to fine-tune (default: the built-in tiny preset)")
       ("preset", po::value<std::string>()->default_value("tiny"), "random model when --model is not given")
@@ -238,6 +239,7 @@ int sft_run(JobContext& ctx) {
     fail_config("{} already holds checkpoints: pass --resume to continue, or choose another --out", ckpt_dir.string());
 
   const Device device = resolve_device(ctx, "sft", /*cuda_path_ready=*/false);
+  resolve_threads(ctx, "sft");
   log::info("sft: device {}", device_name(device));
   Run run = open_run_model(ctx);
   const ModelConfig& c = run.config;

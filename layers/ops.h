@@ -40,6 +40,11 @@ void require_cuda(const char* op, std::initializer_list<const Tensor*> tensors);
 void set_batch_invariant(bool on);
 bool batch_invariant();
 
+// ---- CPU threads ---------------------------------------------------------------------------------
+// The threads the CPU backend's GEMMs (OpenBLAS) may use; a job sets it once at start (--threads).
+void set_cpu_threads(int n);
+int cpu_threads();
+
 // ---- GEMM ----------------------------------------------------------------------------------------
 // Row-major C = alpha * op(A) @ op(B) + beta * C, where op(X) = X^T when trans_x.
 //   A: [M, K] ([K, M] if trans_a), or batched [batch, ...]

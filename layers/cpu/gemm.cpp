@@ -18,6 +18,9 @@ bool g_batch_invariant = false;
 void set_batch_invariant(bool on) { g_batch_invariant = on; }
 bool batch_invariant() { return g_batch_invariant; }
 
+void set_cpu_threads(int n) { openblas_set_num_threads(std::max(1, n)); }
+int cpu_threads() { return openblas_get_num_threads(); }
+
 }  // namespace dg
 
 namespace dg::cpu {

@@ -23,6 +23,11 @@ printf 'm = 8\nwhat = nonsense\n' > bad.ini
 expect 2 "--what must be gemm, comm, ops or all" -- "$DGEMMA" bench --config bad.ini
 printf 'm = 8\nn = 8\nk = 8\niters = 1\nwhat = gemm\n' > ok.ini
 expect 0 "gemm NN f32" -- "$DGEMMA" bench --config ok.ini --json out.jsonl
+# --threads: set once, printed; automatic = OPENBLAS_NUM_THREADS, else the rank's share of the cores.
+expect 0 "3 CPU threads per rank \(--threads\)" -- "$DGEMMA" bench --what gemm --m 8 --n 8 --k 8 --iters 1 --threads 3
+expect 0 "1 CPU thread per rank \(OPENBLAS_NUM_THREADS\)" -- env OPENBLAS_NUM_THREADS=1 "$DGEMMA" bench --what gemm --m 8 --n 8 --k 8 --iters 1
+expect 0 "CPU threads? per rank \([0-9]+ cores / 1 ranks on the node|the [0-9]+ cores this rank is bound to\)" -- env -u OPENBLAS_NUM_THREADS "$DGEMMA" bench --what gemm --m 8 --n 8 --k 8 --iters 1
+expect 2 "--threads must be in \[0, 4096\]" -- "$DGEMMA" bench --threads -1
 expect 0 "m = 8    # job file" -- "$DGEMMA" bench --config ok.ini
 [[ -s out.jsonl ]] && grep -q '"benchmark":"gemm NN f32"' out.jsonl && passed=$((passed + 1)) || {
   failed=$((failed + 1)); echo "FAIL: bench --json wrote no result"; }
