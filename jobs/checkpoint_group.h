@@ -1,8 +1,6 @@
 // The CheckpointGroup of io/checkpoint.h over a communicator: how a job lets its ranks save one
 // checkpoint together without io/ communicating itself.
 #pragma once
-#include <exception>
-
 #include "io/checkpoint.h"
 #include "parallel/comm.h"
 
@@ -15,18 +13,7 @@ class CommCheckpointGroup final : public CheckpointGroup {
   int size() const override { return comm_.size(); }
   // fn runs first; a rank that finishes early then waits in an idle barrier (not spinning in the
   // all-reduce of dg::agree) while the others finish theirs.
-  void agree(const std::function<void()>& fn) override {
-    std::exception_ptr error;
-    try {
-      fn();
-    } catch (...) {
-      error = std::current_exception();
-    }
-    comm_.idle_barrier();
-    dg::agree(comm_, [&] {
-      if (error) std::rethrow_exception(error);
-    });
-  }
+  void agree(const std::function<void()>& fn) override { agree_idle(comm_, fn); }
   std::vector<std::string> gather_to_root(const std::string& mine) override { return gather_strings(comm_, mine, 0); }
 
  private:

@@ -78,22 +78,12 @@ struct NonFiniteScan {
   }
 };
 
-// Runs fn; a rank done early waits in an idle barrier; then every rank throws the lowest failing rank's
-// error, if any (dg::agree), after `on_error` ran on every rank.
-void agree_idle(Comm& world, const std::function<void()>& fn, const std::function<void()>& on_error = {}) {
-  std::exception_ptr error;
+// agree_idle (parallel/comm.h), and on failure `on_error` runs on every rank before the error is rethrown.
+void agree_idle_or(Comm& world, const std::function<void()>& fn, const std::function<void()>& on_error) {
   try {
-    fn();
+    agree_idle(world, fn);
   } catch (...) {
-    error = std::current_exception();
-  }
-  world.idle_barrier();
-  try {
-    agree(world, [&] {
-      if (error) std::rethrow_exception(error);
-    });
-  } catch (...) {
-    if (on_error) on_error();
+    on_error();
     throw;
   }
 }
@@ -460,7 +450,7 @@ int export_checkpoint_to_hf(Comm& world, const std::string& in, const std::strin
 
   Progress prog;
   prog.total_tensors = static_cast<std::uint64_t>(std::count(owner.begin(), owner.end(), world.rank()));
-  agree_idle(world, [&] {
+  agree_idle_or(world, [&] {
     std::map<std::size_t, std::unique_ptr<SafetensorsPartWriter>> writers;  // the files this rank writes into
     for (std::size_t i = 0; i < items.size(); ++i) {
       if (owner[i] != world.rank()) continue;
@@ -475,7 +465,7 @@ int export_checkpoint_to_hf(Comm& world, const std::string& in, const std::strin
   }, drop_tmp);
 
   // Rank 0: the index, configs and extra files, then OUT.tmp -> OUT.
-  agree_idle(world, [&] {
+  agree_idle_or(world, [&] {
     if (world.rank() != 0) return;
     if (!layout->index_text.empty()) write_file_atomic((tmp / kSafetensorsIndexName).string(), layout->index_text, false);
     write_file_atomic((tmp / "config.json").string(), config_json.dump(2) + "\n", false);

@@ -2,6 +2,7 @@
 #include "parallel/comm.h"
 
 #include <cstring>
+#include <exception>
 
 namespace dg {
 
@@ -88,6 +89,19 @@ void agree(Comm& c, const std::function<void()>& fn) {
   broadcast_string(c, msg, first);
   if (code == 2) throw ConfigError(msg);
   throw Error(msg);
+}
+
+void agree_idle(Comm& c, const std::function<void()>& fn) {
+  std::exception_ptr error;
+  try {
+    fn();
+  } catch (...) {
+    error = std::current_exception();
+  }
+  c.idle_barrier();
+  agree(c, [&] {
+    if (error) std::rethrow_exception(error);
+  });
 }
 
 std::vector<std::string> gather_strings(Comm& c, const std::string& mine, int root) {

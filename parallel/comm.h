@@ -76,6 +76,9 @@ bool any_rank(Comm& c, bool flag);
 // Runs fn on every rank of `c`; if it threw anywhere, every rank throws the lowest failing rank's error
 // (a ConfigError stays one), so that all ranks leave a collective operation together.
 void agree(Comm& c, const std::function<void()>& fn);
+// The same for an fn that may run long on some ranks (file writes): a rank done early waits in an idle
+// barrier (Comm::idle_barrier, no spinning) before the agreement.
+void agree_idle(Comm& c, const std::function<void()>& fn);
 // Every rank's string, on `root` (empty elsewhere).
 std::vector<std::string> gather_strings(Comm& c, const std::string& mine, int root);
 
