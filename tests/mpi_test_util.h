@@ -1,4 +1,5 @@
-// Helpers of the MPI tests: the world communicator and a temporary directory every rank sees.
+// Helpers of the MPI tests: the world communicator, a temporary directory every rank sees, and one that is
+// this rank's own.
 #pragma once
 #include <doctest/doctest.h>
 #include <stdlib.h>
@@ -42,6 +43,20 @@ struct SharedTempDir {
   }
   SharedTempDir(const SharedTempDir&) = delete;
   SharedTempDir& operator=(const SharedTempDir&) = delete;
+  std::string sub(const std::string& name) const { return path + "/" + name; }
+};
+
+// This rank's own temporary directory (named after `prefix`), removed at the end.
+struct TempDir {
+  std::string path;
+  explicit TempDir(const char* prefix = "dg_test") {
+    std::string tmpl = (std::filesystem::temp_directory_path() / (std::string(prefix) + "_XXXXXX")).string();
+    REQUIRE(::mkdtemp(tmpl.data()) != nullptr);
+    path = tmpl;
+  }
+  ~TempDir() { std::filesystem::remove_all(path); }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
   std::string sub(const std::string& name) const { return path + "/" + name; }
 };
 

@@ -27,14 +27,8 @@ struct SharedTempDir : test::SharedTempDir {
   SharedTempDir() : test::SharedTempDir("dg_convert_io") {}
 };
 
-struct LocalTempDir {
-  std::string path;
-  LocalTempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "dg_convert_io_XXXXXX").string();
-    REQUIRE(::mkdtemp(tmpl.data()) != nullptr);
-    path = tmpl;
-  }
-  ~LocalTempDir() { fs::remove_all(path); }
+struct LocalTempDir : test::TempDir {
+  LocalTempDir() : test::TempDir("dg_convert_io") {}
 };
 
 std::vector<std::byte> pattern(std::size_t n, unsigned seed) {
