@@ -121,8 +121,6 @@ void write_hf_dir(const std::string& dir, const nlohmann::json& config, const nl
 // ---- shard layouts ------------------------------------------------------------------------------------
 namespace {
 
-bool starts_with(std::string_view s, std::string_view p) { return s.substr(0, p.size()) == p; }
-
 // Position of `rest` in `known`, or known.size() (unknown names after the known ones).
 int rank_in(std::string_view rest, std::initializer_list<std::string_view> known) {
   int i = 0;
@@ -135,7 +133,7 @@ int rank_in(std::string_view rest, std::initializer_list<std::string_view> known
 
 // "L.rest" after a layers prefix: {L, rest}; {-1, ""} when not a layer tensor.
 std::pair<long, std::string_view> layer_of(std::string_view name, std::string_view prefix) {
-  if (!starts_with(name, prefix)) return {-1, {}};
+  if (!name.starts_with(prefix)) return {-1, {}};
   name.remove_prefix(prefix.size());
   const auto dot = name.find('.');
   if (dot == 0 || dot == std::string_view::npos) return {-1, {}};
@@ -153,7 +151,7 @@ std::pair<long, std::string_view> layer_of(std::string_view name, std::string_vi
 std::array<long, 4> state_dict_rank(std::string_view n) {
   if (auto [l, rest] = layer_of(n, "model.encoder.language_model.layers."); l >= 0)
     return {0, l, rest == "layer_scalar" ? 0 : 1, 0};
-  if (starts_with(n, "model.encoder.vision_tower.")) {
+  if (n.starts_with("model.encoder.vision_tower.")) {
     n.remove_prefix(std::string_view("model.encoder.vision_tower.").size());
     if (auto [l, rest] = layer_of(n, "encoder.layers."); l >= 0)
       return {1, 1, l, rank_in(rest, {"self_attn.q_proj.linear.weight", "self_attn.k_proj.linear.weight",
@@ -162,11 +160,11 @@ std::array<long, 4> state_dict_rank(std::string_view n) {
                                       "mlp.up_proj.linear.weight", "mlp.down_proj.linear.weight",
                                       "input_layernorm.weight", "post_attention_layernorm.weight",
                                       "pre_feedforward_layernorm.weight", "post_feedforward_layernorm.weight"})};
-    if (starts_with(n, "patch_embedder."))
+    if (n.starts_with("patch_embedder."))
       return {1, 0, rank_in(n, {"patch_embedder.position_embedding_table", "patch_embedder.input_proj.weight"}), 0};
     return {1, 2, 0, 0};
   }
-  if (starts_with(n, "model.encoder.")) return {2, 0, 0, 0};  // embed_vision and the rest of the encoder
+  if (n.starts_with("model.encoder.")) return {2, 0, 0, 0};  // embed_vision and the rest of the encoder
   if (n == "model.decoder.embed_tokens.weight") return {3, 0, 0, 0};
   if (auto [l, rest] = layer_of(n, "model.decoder.layers."); l >= 0)
     return {4, l, rank_in(rest, {"layer_scalar", "self_attn.q_proj.weight", "self_attn.k_proj.weight",
@@ -178,10 +176,10 @@ std::array<long, 4> state_dict_rank(std::string_view n) {
                                  "experts.down_proj", "post_feedforward_layernorm_1.weight",
                                  "post_feedforward_layernorm_2.weight", "pre_feedforward_layernorm_2.weight"}), 0};
   if (n == "model.decoder.norm.weight") return {5, 0, 0, 0};
-  if (starts_with(n, "model.decoder.self_conditioning."))
+  if (n.starts_with("model.decoder.self_conditioning."))
     return {6, rank_in(n.substr(std::string_view("model.decoder.self_conditioning.").size()),
                        {"pre_norm.weight", "gate_proj.weight", "up_proj.weight", "down_proj.weight"}), 0, 0};
-  if (starts_with(n, "model.decoder.")) return {7, 0, 0, 0};
+  if (n.starts_with("model.decoder.")) return {7, 0, 0, 0};
   return {8, 0, 0, 0};
 }
 
@@ -207,7 +205,7 @@ std::uint64_t hf_num_parameters(const std::vector<TensorSpec>& tensors) {
   std::uint64_t n = 0;
   for (const TensorSpec& t : tensors) {
     const std::string_view name = t.name;
-    if (name == "layer_scalar" || (name.size() > 13 && name.substr(name.size() - 13) == ".layer_scalar")) continue;
+    if (name == "layer_scalar" || name.ends_with(".layer_scalar")) continue;
     n += static_cast<std::uint64_t>(shape_numel(t.shape));
   }
   return n;
