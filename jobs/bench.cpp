@@ -103,22 +103,24 @@ void bench_gemm(JobContext& ctx, std::vector<Result>& out) {
   const int iters = ctx.vm["iters"].as<int>();
   const double flops = 2.0 * static_cast<double>(m) * static_cast<double>(n) * static_cast<double>(k);
   const std::string shape = fmt::format("{}x{}x{}", m, n, k);
-  Tensor a = random_f32({m, k}, 1), b = random_f32({k, n}, 2);
+  const Tensor a = random_f32({m, k}, 1), b = random_f32({k, n}, 2), bt = random_f32({n, k}, 3);
   Tensor c = Tensor::empty({m, n}, DType::F32);
+  const bool cuda = ctx.rt.cuda_device >= 0;
+  Tensor da, db, dc, dc32;
+  if (cuda) {
+    da = a.to(Device::CUDA).to(DType::BF16), db = b.to(Device::CUDA).to(DType::BF16);
+    dc = Tensor::empty({m, n}, DType::BF16, Device::CUDA), dc32 = Tensor::empty({m, n}, DType::F32, Device::CUDA);
+  }
   // Each GEMM plain and in batch-invariant mode (fixed row tiles, what `generate` runs), side by side.
   const bool was_invariant = batch_invariant();
   for (bool inv : {false, true}) {
     set_batch_invariant(inv);
     const std::string mode = inv ? " (batch-invariant)" : "";
     for (bool tb : {false, true}) {
-      Tensor bb = tb ? random_f32({n, k}, 3) : b;
-      const double s = time_best(iters, [&] { gemm(a, bb, c, {.trans_b = tb}); });
+      const double s = time_best(iters, [&] { gemm(a, tb ? bt : b, c, {.trans_b = tb}); });
       out.push_back({(tb ? "gemm NT f32" : "gemm NN f32") + mode, "cpu", shape, s, flops / s * 1e-12, "TFLOP/s"});
     }
-    if (ctx.rt.cuda_device >= 0) {
-      Tensor da = a.to(Device::CUDA).to(DType::BF16), db = b.to(Device::CUDA).to(DType::BF16);
-      Tensor dc = Tensor::empty({m, n}, DType::BF16, Device::CUDA);
-      Tensor dc32 = Tensor::empty({m, n}, DType::F32, Device::CUDA);
+    if (cuda) {
       const double s = time_best(iters, [&] { gemm(da, db, dc, {}), cuda_synchronize(); });
       out.push_back({"gemm NN bf16->bf16" + mode, "cuda", shape, s, flops / s * 1e-12, "TFLOP/s"});
       const double s32 = time_best(iters, [&] { gemm(da, db, dc32, {.beta = 1.f}), cuda_synchronize(); });
