@@ -72,7 +72,7 @@ void generate_options(po::options_description& d) {
       ("stability-threshold", po::value<int>(), "argmax canvases that must agree to stop (default 1)")
       ("confidence-threshold", po::value<double>(), "mean entropy below which a canvas may stop (default 0.005)")
       ("seed", po::value<std::uint64_t>()->default_value(0), "random seed")
-      ("batch-invariant", po::value<bool>()->default_value(true),
+      ("batch-invariant", po::value<bool>()->default_value(true, "true"),
        "a request's result does not depend on its batch mates or the rank count (fixed-row-tile GEMMs; false: faster)")
       ("thinking", po::bool_switch(), "render prompts with the thinking system turn")
       ("token-ids", po::bool_switch(), "also write the generated token ids")
@@ -424,7 +424,10 @@ GenerationConfig generation_config(const JobContext& ctx, const HfModel& m) {
                                                                                         : "the model has no generation_config.json and");
   const auto& vm = ctx.vm;
   if (vm.count("max-new-tokens")) g.max_new_tokens = vm["max-new-tokens"].as<int>();
-  if (vm.count("max-length")) g.max_length = vm["max-length"].as<int>();
+  if (vm.count("max-length")) {
+    g.max_length = vm["max-length"].as<int>();
+    if (g.max_length <= 0) fail_config("generate: --max-length must be positive, not {}", g.max_length);
+  }
   if (vm.count("max-denoising-steps")) g.max_denoising_steps = vm["max-denoising-steps"].as<int>();
   if (vm.count("entropy-bound")) g.entropy_bound = vm["entropy-bound"].as<double>();
   if (vm.count("t-min")) g.t_min = vm["t-min"].as<double>();

@@ -152,6 +152,8 @@ expect 2 "in.jsonl:5" -- "$DGEMMA" generate "${OPTS[@]}" --output strict.jsonl -
 check "no output from a failed strict run" test ! -e strict.jsonl -a ! -e strict.jsonl.parts
 expect 2 "cannot read prompt file" -- "$DGEMMA" generate --model model --input missing.jsonl --output x.jsonl
 expect 2 "t_max" -- "$DGEMMA" generate "${OPTS[@]}" --output x.jsonl --t-min 0.9
+expect 2 "--max-length must be positive, not 0" -- "$DGEMMA" generate "${OPTS[@]}" --output x.jsonl --max-length 0
+expect 2 "batch-invariant" -- "$DGEMMA" generate "${OPTS[@]}" --output x.jsonl --batch-invariant maybe
 expect 2 "model directory|config.json" -- "$DGEMMA" generate --model nowhere --input in.jsonl --output x.jsonl
 check "nothing written by the failed runs" test ! -e x.jsonl
 
