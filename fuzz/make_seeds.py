@@ -204,6 +204,17 @@ def generate_seeds():
         '{"custom_id": "c"}', '{"id": "m", "messages": [{"role": "tool", "content": "x"}]}',
         '{"id": "t", "prompt": "x", "max_tokens": 0}', '{"id": "r", "prompt": "x", "reference": 3}', 'not json',
         '{"id": "big", "prompt": "x", "max_tokens": 99999999999}']) + "\n")
+    m = [{"role": "user", "content": "x"}]
+    out("generate_jsonl", "openai-fields.jsonl", "\n".join(json.dumps(x) for x in [
+        {"custom_id": "a", "method": "POST", "url": "/v1/chat/completions",
+         "body": {"model": "m", "messages": m, "temperature": 0.5, "seed": -3, "stop": ["\n", "x"], "n": 1}},
+        {"custom_id": "b", "body": {"messages": m, "temperature": 0}},
+        {"custom_id": "c", "body": {"messages": m, "stop": ""}},
+        {"custom_id": "d", "body": {"messages": m, "top_p": 0.9, "tools": []}},
+        {"custom_id": "e", "url": "/v1/embeddings", "body": {"messages": m}},
+        {"custom_id": 5, "body": {"messages": m}},
+        {"id": "f", "prompt": "x", "seed": 18446744073709551615, "temperature": 2, "stop": "y"},
+    ]) + "\n")
 
 
 # ---- INI job files --------------------------------------------------------------------------------------

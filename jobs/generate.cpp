@@ -1,30 +1,24 @@
 // `dgemma generate`: batch block-diffusion generation over a prompt file.
 //
-// Input (JSONL, one request per line): the OpenAI batch form {"custom_id", "body": {"messages": [...],
-// "max_tokens" | "max_completion_tokens"}} or the plain form {"id", "prompt": "text" | "messages": [...],
-// "max_tokens"}; either form may carry "reference": "expected text" (held-out evaluation). Blank lines are
-// skipped; a malformed line (invalid JSON or UTF-8, not an object, a key given twice, a bad field value:
-// integers are checked, never narrowed), a duplicate id or an unsupported message is reported with its
-// line number and either skipped (--on-error skip, the default; it gets an error record) or fatal
-// (--on-error fail, checked before any generation).
-//
-// Output (JSONL, one line per non-blank input line, in input order): {"id" | "custom_id", "text",
-// "finish_reason", "prompt_tokens", "completion_tokens", "canvases", "denoising_steps",
-// "tokens_per_forward", ["token_ids"], ["reference", "exact_match"]}, or {"id", "error": {"line",
-// "message"}} with "id": null for a line without a readable id. When any request has a reference, the
+// Input and output: one request per JSONL line, in the plain form or the OpenAI batch form
+// (jobs/generate_requests.h), and one result line per non-blank input line, in input order, in the form of
+// its request (jobs/generate_results.h: an OpenAI batch line is answered in the batch output form). A bad
+// line is reported with its line number and either skipped (--on-error skip, the default; it gets an error
+// record) or fatal (--on-error fail, checked before any generation). When any request has a reference, the
 // summary line reports the exact-match accuracy (text and reference compared after trimming surrounding
 // whitespace).
 //
 // Work split: request i goes to rank i % size (so every rank holds the model and works alone); each rank
-// sorts its requests by prompt length, runs them in batches, and appends finished records to
-// OUT.parts/rank_<r>.jsonl (flushed per batch). At the end rank 0 checks that the parts hold exactly one
-// record per request (a missing or extra record is an error, exit 1, the parts kept), merges them in input
-// order into OUT.tmp and renames it to OUT. SIGUSR1/SIGTERM stop the run at a batch boundary (all ranks
-// agree) with exit 42, the parts kept. --resume reads the parts left by an interrupted run (any number of
-// ranks): rank 0 first cuts off what an interrupted write left (a last line without its end, a line that
-// is not a JSON record) and records written twice, then the ids already done are skipped. Randomness is
-// keyed by the request's line index, so a request gives the same text whatever the batch, rank count or
-// resume history.
+// sorts its requests by temperature and prompt length, runs them in batches of one temperature (the
+// temperature schedule is the batch's), and appends finished records to OUT.parts/rank_<r>.jsonl (flushed
+// per batch). At the end rank 0 checks that the parts hold exactly one record per request (a missing or
+// extra record is an error, exit 1, the parts kept), merges them in input order into OUT.tmp and renames it
+// to OUT. SIGUSR1/SIGTERM stop the run at a batch boundary (all ranks agree) with exit 42, the parts kept.
+// --resume reads the parts left by an interrupted run (any number of ranks): rank 0 first cuts off what an
+// interrupted write left (a last line without its end, a line that is not a JSON record) and records
+// written twice, then the ids already done are skipped (custom_id in the OpenAI form). Randomness is keyed
+// by the request's line index (or by its own seed), so a request gives the same text whatever the batch,
+// rank count or resume history.
 #include <fmt/ranges.h>
 
 #include <algorithm>
@@ -37,8 +31,9 @@
 
 #include "jobs/log.h"
 #include "io/atomic_file.h"
-#include "io/strict_json.h"
 #include "jobs/exit_codes.h"
+#include "jobs/generate_requests.h"
+#include "jobs/generate_results.h"
 #include "io/chat_template.h"
 #include "jobs/model_load.h"
 #include "io/tokenizer.h"
@@ -46,6 +41,7 @@
 #include "layers/ops.h"
 #include "jobs/jobs.h"
 #include "layers/generation.h"
+#include "layers/random.h"
 #include "parallel/comm.h"
 
 namespace dg {
@@ -60,6 +56,10 @@ void generate_options(po::options_description& d) {
       ("model", po::value<std::string>()->value_name("DIR"), "HF model directory (config, weights, tokenizer)")
       ("tokenizer", po::value<std::string>()->value_name("DIR"), "tokenizer.json location (default: --model)")
       ("input", po::value<std::string>()->value_name("FILE"), "prompts, JSONL (OpenAI batch or {id, prompt|messages})")
+      ("model-name", po::value<std::string>()->value_name("NAME"),
+       "the model named in OpenAI batch results (default: the --model directory's name)")
+      ("created", po::value<std::int64_t>()->value_name("UNIX_TIME"),
+       "the creation time in OpenAI batch results (default: the job's start; a fixed one makes files reproducible)")
       ("output", po::value<std::string>()->value_name("FILE"), "results, JSONL (written as FILE.tmp, renamed at the end)")
       ("batch-size", po::value<int>()->default_value(0), "requests run in lock-step (0: chosen from --memory-gb)")
       ("memory-gb", po::value<double>()->default_value(4.0), "memory budget per rank for the batch (KV cache + activations)")
@@ -85,135 +85,6 @@ void generate_options(po::options_description& d) {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-
-struct Request {
-  std::int64_t line = 0;  // 1-based input line
-  std::int64_t index = 0; // position among the requests (keys the randomness, orders the output)
-  json id;                // the request's id (string or number)
-  bool openai = false;
-  std::vector<ChatMessage> messages;
-  int max_new_tokens = -1;
-  std::optional<std::string> reference;  // expected text, for exact-match scoring
-  std::string error;      // non-empty: the line is bad; an error record is written
-};
-
-std::string trim(const std::string& s) {
-  const auto b = s.find_first_not_of(" \t\r\n");
-  if (b == std::string::npos) return {};
-  return s.substr(b, s.find_last_not_of(" \t\r\n") - b + 1);
-}
-
-std::string id_text(const json& id) { return id.is_string() ? id.get<std::string>() : id.dump(); }
-
-// One JSON line out: invalid UTF-8 (which no record should hold) becomes U+FFFD instead of throwing.
-std::string dump_line(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
-
-// Text that may hold invalid UTF-8 (a parser's message quoting the bytes it read) made valid UTF-8.
-std::string valid_utf8(const std::string& s) { return json::parse(dump_line(json(s))).get<std::string>(); }
-
-// Most tokens one request may ask for (max_tokens and friends).
-constexpr std::int64_t kMaxRequestTokens = std::int64_t{1} << 20;
-
-// A token count from a request body: a JSON integer in [1, kMaxRequestTokens], never narrowed (4294967304
-// is not 8) nor converted ("12", 12.0 and true are type errors). `key` names the field in messages.
-int request_tokens(const json& v, const std::string& key) {
-  std::string shown = dump_line(v);
-  if (shown.size() > 40) shown = shown.substr(0, 37) + "...";
-  if (!v.is_number_integer()) {
-    const char* kind = v.is_string() ? "a string" : v.is_number_float() ? "a float" : v.is_boolean() ? "a boolean"
-                       : v.is_array() ? "an array" : v.is_object() ? "an object" : v.type_name();
-    throw std::runtime_error(fmt::format("'{}' must be an integer, got {}: {}", key, kind, shown));
-  }
-  const bool in_range = v.is_number_unsigned()
-                            ? v.get<std::uint64_t>() >= 1 && v.get<std::uint64_t>() <= std::uint64_t{kMaxRequestTokens}
-                            : v.get<std::int64_t>() >= 1 && v.get<std::int64_t>() <= kMaxRequestTokens;
-  if (!in_range) throw std::runtime_error(fmt::format("'{}' must be an integer in [1, {}], got {}", key, kMaxRequestTokens, shown));
-  return static_cast<int>(v.get<std::int64_t>());
-}
-
-// A request line through the strict parser (a key given twice, a NUL byte or invalid UTF-8 is an error);
-// the message without the parser's "<what>: " prefix (the caller names the file and line).
-json parse_request_line(const std::string& text) {
-  static const std::string what = "request";
-  try {
-    return parse_json_strict(text, what);
-  } catch (const ConfigError& e) {
-    std::string m = e.what();
-    if (m.rfind(what + ": ", 0) == 0) m.erase(0, what.size() + 2);
-    throw std::runtime_error(m);
-  }
-}
-
-std::vector<ChatMessage> parse_messages(const json& m) {
-  if (!m.is_array() || m.empty()) throw std::runtime_error("'messages' must be a non-empty array");
-  std::vector<ChatMessage> out;
-  for (const json& x : m) {
-    if (!x.is_object() || !x.contains("role") || !x["role"].is_string())
-      throw std::runtime_error("every message needs a string 'role'");
-    if (!x.contains("content") || !x["content"].is_string())
-      throw std::runtime_error("every message needs a string 'content' (text only)");
-    out.push_back({x["role"].get<std::string>(), x["content"].get<std::string>()});
-  }
-  return out;
-}
-
-std::vector<Request> read_requests(const std::string& path, bool fail_on_error) {
-  std::ifstream in(path);
-  if (!in) fail_config("cannot read prompt file {}", path);
-  std::vector<Request> out;
-  std::map<std::string, std::int64_t> seen;
-  std::string text;
-  for (std::int64_t line = 1; std::getline(in, text); ++line) {
-    if (text.find_first_not_of(" \t\r") == std::string::npos) continue;
-    Request r;
-    r.line = line;
-    r.index = static_cast<std::int64_t>(out.size());
-    try {
-      const json j = parse_request_line(text);
-      if (!j.is_object()) throw std::runtime_error("a line must be a JSON object");
-      const json* body = &j;
-      std::string field_prefix;  // where the body's fields are, for messages
-      json id;
-      if (j.contains("custom_id")) {
-        r.openai = true;
-        id = j["custom_id"];
-      } else if (j.contains("id")) {
-        id = j["id"];
-      } else {
-        throw std::runtime_error("no 'id' (or 'custom_id')");
-      }
-      if (!id.is_string() && !id.is_number_integer()) throw std::runtime_error("the id must be a string or an integer");
-      r.id = std::move(id);  // from here on an error record carries the id
-      if (r.openai) {
-        if (!j.contains("body") || !j["body"].is_object()) throw std::runtime_error("OpenAI batch line without 'body'");
-        body = &j["body"];
-        field_prefix = "body.";
-      }
-      if (auto it = seen.find(id_text(r.id)); it != seen.end())
-        throw std::runtime_error(fmt::format("duplicate id {} (first on line {})", id_text(r.id), it->second));
-      seen.emplace(id_text(r.id), line);
-      if (body->contains("messages")) r.messages = parse_messages((*body)["messages"]);
-      else if (body->contains("prompt") && (*body)["prompt"].is_string())
-        r.messages = {{"user", (*body)["prompt"].get<std::string>()}};
-      else throw std::runtime_error("needs 'messages' or a string 'prompt'");
-      for (const json* src : {&j, body})
-        if (src->contains("reference")) {
-          if (!(*src)["reference"].is_string()) throw std::runtime_error("'reference' must be a string");
-          r.reference = (*src)["reference"].get<std::string>();
-        }
-      for (const char* k : {"max_tokens", "max_completion_tokens", "max_new_tokens"})  // null: not set
-        if (const auto it = body->find(k); it != body->end() && !it->is_null())
-          r.max_new_tokens = request_tokens(*it, field_prefix + k);
-    } catch (const std::exception& e) {
-      r.error = valid_utf8(e.what());
-      r.messages.clear();
-      if (fail_on_error) fail_config("{}:{}: {}", path, line, r.error);
-      log::warn("{}:{}: {} (skipped)", path, line, r.error);
-    }
-    out.push_back(std::move(r));
-  }
-  return out;
-}
 
 // The partial outputs (OUT.parts/*.jsonl), line by line. A line is a record when it is complete (ends
 // with '\n') and is a JSON object with an integer "_index" (the request's position in the input).
@@ -448,6 +319,60 @@ int auto_batch_size(const ModelConfig& c, std::int64_t longest, double memory_gb
   return static_cast<int>(std::clamp(memory_gb * 1e9 / std::max(per, 1.0), 1.0, 256.0));
 }
 
+// A request to run: the request and its prompt's ids.
+struct Work {
+  const Request* r;
+  std::vector<std::int32_t> ids;
+  double temperature() const { return r->temperature.value_or(1.0); }
+};
+
+// The batches of a rank's work (sorted by temperature, then length): runs of at most `batch` requests of
+// one temperature, as [begin, end) positions.
+std::vector<std::pair<std::size_t, std::size_t>> batch_ranges(const std::vector<Work>& work, std::size_t batch) {
+  std::vector<std::pair<std::size_t, std::size_t>> out;
+  for (std::size_t b0 = 0; b0 < work.size();) {
+    std::size_t b1 = b0 + 1;
+    while (b1 < work.size() && b1 - b0 < batch && work[b1].temperature() == work[b0].temperature()) ++b1;
+    out.emplace_back(b0, b1);
+    b0 = b1;
+  }
+  return out;
+}
+
+// A batch's sampling configuration: the job's, with the temperature schedule multiplied by the requests'
+// temperature (1: the schedule as it is).
+GenerationConfig batch_config(const GenerationConfig& g, double temperature) {
+  GenerationConfig b = g;
+  b.t_min *= temperature;
+  b.t_max *= temperature;
+  return b;
+}
+
+// A request's random numbers are keyed by its position, or by its own seed when it has one (then it gives
+// the same text on any line).
+GenerationRequest generation_request(const Work& w) {
+  const Request& r = *w.r;
+  return {w.ids, r.seed ? rng::seeded_sample(*r.seed) : static_cast<std::uint64_t>(r.index), r.max_new_tokens};
+}
+
+// The model name and creation time of OpenAI-form results: --model-name, else the model directory's name;
+// --created, else rank 0's start time (one for the whole run).
+CompletionMeta completion_meta(const JobContext& ctx, Comm& world) {
+  const auto& vm = ctx.vm;
+  CompletionMeta meta;
+  meta.token_ids = vm["token-ids"].as<bool>();
+  fs::path dir = fs::absolute(vm["model"].as<std::string>()).lexically_normal();
+  if (!dir.has_filename()) dir = dir.parent_path();
+  meta.model = vm.count("model-name") ? vm["model-name"].as<std::string>() : dir.filename().string();
+  std::int64_t created = vm.count("created")
+                             ? vm["created"].as<std::int64_t>()
+                             : std::chrono::duration_cast<std::chrono::seconds>(
+                                   std::chrono::system_clock::now().time_since_epoch()).count();
+  world.broadcast(&created, 1, DType::I64, 0);
+  meta.created = created;
+  return meta;
+}
+
 }  // namespace
 
 int generate_run(JobContext& ctx) {
@@ -484,6 +409,7 @@ int generate_run(JobContext& ctx) {
   const GenerationConfig g = generation_config(ctx, m);
   std::vector<Request> requests = read_requests(vm["input"].as<std::string>(), on_error == "fail");
   log::info("generate: {} requests from {}; model {}", requests.size(), vm["input"].as<std::string>(), m.config.summary());
+  const CompletionMeta meta = completion_meta(ctx, world);
 
   const std::string input = vm["input"].as<std::string>();
 
@@ -498,18 +424,14 @@ int generate_run(JobContext& ctx) {
   const std::map<std::int64_t, json> done_before = resume ? read_parts(parts) : std::map<std::int64_t, json>{};
   if (resume) log::info("generate: resuming, {} requests already done", done_before.size());
 
-  // This rank's share, tokenised, sorted by length.
-  struct Work {
-    const Request* r;
-    std::vector<std::int32_t> ids;
-  };
+  // This rank's share, tokenised, sorted by temperature and length.
   std::vector<Work> work;
   std::vector<json> my_records;
   for (const Request& r : requests) {
     if (r.index % world.size() != world.rank()) continue;
     if (done_before.count(r.index)) continue;
     if (!r.error.empty()) {  // (a line without a readable id: "id": null, known by its error.line)
-      my_records.push_back({{"id", r.id}, {"error", {{"line", r.line}, {"message", r.error}}}, {"_index", r.index}});
+      my_records.push_back(error_record(r, r.error, r.error_code, r.error_param));
       continue;
     }
     try {
@@ -517,10 +439,12 @@ int generate_run(JobContext& ctx) {
     } catch (const ConfigError& e) {
       if (on_error == "fail") fail_config("{}:{}: {}", input, r.line, e.what());
       log::warn("{}:{}: {} (skipped)", input, r.line, e.what());
-      my_records.push_back({{"id", r.id}, {"error", {{"line", r.line}, {"message", e.what()}}}, {"_index", r.index}});
+      my_records.push_back(error_record(r, e.what(), "unsupported_value", r.openai ? "body.messages" : "messages"));
     }
   }
-  std::stable_sort(work.begin(), work.end(), [](const Work& a, const Work& b) { return a.ids.size() < b.ids.size(); });
+  std::stable_sort(work.begin(), work.end(), [](const Work& a, const Work& b) {
+    return a.temperature() != b.temperature() ? a.temperature() < b.temperature() : a.ids.size() < b.ids.size();
+  });
   std::int64_t longest = 0;
   for (const Work& w : work) longest = std::max<std::int64_t>(longest, static_cast<std::int64_t>(w.ids.size()));
   const int batch = vm["batch-size"].as<int>() > 0
@@ -537,7 +461,8 @@ int generate_run(JobContext& ctx) {
 
   // Every rank goes through the same number of batch boundaries (the most any rank has), where all agree
   // on a stop: a rank out of work runs empty turns.
-  const std::int64_t my_batches = (static_cast<std::int64_t>(work.size()) + batch - 1) / batch;
+  const auto batches = batch_ranges(work, static_cast<std::size_t>(batch));
+  const std::int64_t my_batches = static_cast<std::int64_t>(batches.size());
   std::int64_t turns = 0;
   world.all_reduce(&my_batches, &turns, 1, DType::I64, ReduceOp::Max);
   const auto start = Clock::now();
@@ -550,12 +475,10 @@ int generate_run(JobContext& ctx) {
       stopped = true;
       break;
     }
-    const std::size_t b0 = static_cast<std::size_t>(turn) * static_cast<std::size_t>(batch);
-    if (b0 >= work.size()) continue;
-    const std::size_t b1 = std::min(work.size(), b0 + static_cast<std::size_t>(batch));
+    if (turn >= my_batches) continue;
+    const auto [b0, b1] = batches[static_cast<std::size_t>(turn)];
     std::vector<GenerationRequest> reqs;
-    for (std::size_t i = b0; i < b1; ++i)
-      reqs.push_back({work[i].ids, static_cast<std::uint64_t>(work[i].r->index), work[i].r->max_new_tokens});
+    for (std::size_t i = b0; i < b1; ++i) reqs.push_back(generation_request(work[i]));
     const std::int64_t passes_before = passes;
     const GenerationProgress on_progress = [&](std::int64_t p) {
       passes = passes_before + p;
@@ -572,36 +495,20 @@ int generate_run(JobContext& ctx) {
     std::vector<GenerationResult> results;
     {
       ModelPathScope in_batch;  // strict-device mode: from here on the model's tensors are "on the device"
-      results = generate(m.config, m.weights, reqs, g, on_progress);
+      results = generate(m.config, m.weights, reqs, batch_config(g, work[b0].temperature()), on_progress);
     }
     if (strict_device_mode() && world.rank() == 0) {
       std::string reads;
       for (const auto& [name, n] : host_reads()) reads += fmt::format(" {}={}", name, n);
       log::info("generate: strict-device mode: host reads per batch: batch {} ({} requests, {} decoder steps):{}",
-                b0 / static_cast<std::size_t>(batch) + 1, b1 - b0, (passes - passes_before) / static_cast<std::int64_t>(b1 - b0),
+                turn + 1, b1 - b0, (passes - passes_before) / static_cast<std::int64_t>(b1 - b0),
                 reads);
     }
     for (std::size_t i = b0; i < b1; ++i) {
       const Request& r = *work[i].r;
       const GenerationResult& res = results[i - b0];
-      std::vector<std::int32_t> text_ids = res.tokens;
-      if (!text_ids.empty() && std::find(g.eos_token_ids.begin(), g.eos_token_ids.end(), text_ids.back()) != g.eos_token_ids.end())
-        text_ids.pop_back();  // the EOS ends the text; it is counted, not printed
-      json rec = {{r.openai ? "custom_id" : "id", r.id},
-                  {"text", tok.decode(text_ids, /*skip_special=*/true)},
-                  {"finish_reason", res.finish_reason},
-                  {"prompt_tokens", work[i].ids.size()},
-                  {"completion_tokens", res.completion_tokens},
-                  {"canvases", res.canvases},
-                  {"denoising_steps", res.denoising_steps},
-                  {"tokens_per_forward", res.tokens_per_forward},
-                  {"_index", r.index}};
-      if (vm["token-ids"].as<bool>()) rec["token_ids"] = res.tokens;
-      if (r.reference) {
-        rec["reference"] = *r.reference;
-        rec["exact_match"] = trim(rec["text"].get<std::string>()) == trim(*r.reference);
-      }
-      part << dump_line(rec) << '\n';
+      const Completion c = make_completion(r, res, static_cast<std::int64_t>(work[i].ids.size()), tok, g);
+      part << dump_line(result_record(r, c, res, meta)) << '\n';
       tokens += res.completion_tokens;
     }
     part.flush();
@@ -627,9 +534,9 @@ int generate_run(JobContext& ctx) {
       std::string text;
       std::int64_t scored = 0, matched = 0;
       for (const auto& [index, rec] : records) {
-        if (rec.contains("exact_match")) {
+        if (const std::optional<bool> match = record_exact_match(rec)) {
           ++scored;
-          matched += rec["exact_match"].get<bool>() ? 1 : 0;
+          matched += *match ? 1 : 0;
         }
         json clean = rec;
         clean.erase("_index");

@@ -20,7 +20,10 @@ constexpr std::array kJobs = {
         "Examples:\n  dgemma generate --model hf-model --input prompts.jsonl --output results.jsonl\n"
         "  mpirun -n 8 dgemma generate --model hf-model --input batch.jsonl --output out.jsonl --resume\n"
         "Input lines: {\"id\", \"prompt\" | \"messages\", \"max_tokens\"} or the OpenAI batch form\n"
-        "{\"custom_id\", \"body\": {\"messages\", \"max_tokens\"}}. One result line per request, in input order.\n"
+        "{\"custom_id\", \"method\", \"url\", \"body\": {\"messages\", \"max_tokens\", \"temperature\", \"seed\", \"stop\"}}.\n"
+        "One result line per request, in input order; an OpenAI batch line is answered in the Batch API's\n"
+        "output form ({\"id\", \"custom_id\", \"response\": {\"status_code\", \"request_id\", \"body\": a\n"
+        "chat.completion}, \"error\"}, dgemma's metrics in \"dgemma\"). temperature multiplies the schedule.\n"
         "Defaults come from the model's generation_config.json; options override them.",
         generate_options, generate_run, true},
     Job{"convert", "convert checkpoints between Hugging Face safetensors and sharded HDF5",

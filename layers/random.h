@@ -38,6 +38,11 @@ constexpr std::uint64_t key(std::uint64_t seed, Purpose p, std::uint64_t step, s
   return mix(h ^ position);
 }
 
+// The sample index of a request that brings its own seed (the OpenAI `seed` of a generation request): its
+// random numbers are keyed by the seed instead of its position, so the same request with the same seed
+// draws the same numbers on any line. Positions are below 2^63; these are not.
+constexpr std::uint64_t seeded_sample(std::uint64_t seed) { return mix(seed) | (std::uint64_t{1} << 63); }
+
 // Uniform in [0, 1) with 24 random bits (exactly representable in fp32).
 constexpr float uniform(std::uint64_t k) { return static_cast<float>(k >> 40) * (1.0f / 16777216.0f); }
 // Uniform in [0, 1) with 53 bits.
