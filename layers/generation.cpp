@@ -61,6 +61,12 @@ Tensor upload(Device dev, Shape shape, DType dtype, F&& value) {
   return h.to(dev);
 }
 
+template <class T>
+std::vector<T> host_values(const Tensor& t) {
+  const Tensor h = read_to_host(t, "trace");
+  return std::vector<T>(h.data<T>(), h.data<T>() + h.numel());
+}
+
 }  // namespace
 
 // Host <-> device traffic of a batch (DESIGN.md "Runtime"): the prompts, the random canvases, the
@@ -70,7 +76,7 @@ Tensor upload(Device dev, Shape shape, DType dtype, F&& value) {
 // every canvas ("canvas", B·C i32: the committed tokens, EOS handling and the results).
 std::vector<GenerationResult> generate(const ModelConfig& c, const ModelWeights& w,
                                        const std::vector<GenerationRequest>& requests, const GenerationConfig& g,
-                                       const GenerationProgress& progress) {
+                                       const GenerationProgress& progress, const DenoisingTrace& trace) {
   g.validate();
   const std::int64_t B = static_cast<std::int64_t>(requests.size()), C = c.canvas_length, H = c.hidden_size;
   const std::int64_t V = c.vocab_size, N = g.max_denoising_steps, M = g.stability_threshold;
@@ -148,6 +154,14 @@ std::vector<GenerationResult> generate(const ModelConfig& c, const ModelWeights&
       for (std::int64_t b = 0; b < B; ++b)
         if (!done[static_cast<std::size_t>(b)] && !finished[static_cast<std::size_t>(b)])
           ++results[static_cast<std::size_t>(b)].denoising_steps;
+      DenoisingStepTrace st;
+      if (trace) {
+        st.canvas = ci;
+        st.remaining = s;
+        for (std::int64_t b = 0; b < B; ++b)
+          st.active.push_back(!done[static_cast<std::size_t>(b)] && !finished[static_cast<std::size_t>(b)]);
+        st.x = host_values<std::int32_t>(x);
+      }
       const Tensor hidden = decode_soft(c, w, x, soft, cache).reshape({B * C, H});
       const float temperature = step_temperature(g, s);
       Tensor entropy = Tensor::empty({B * C}, DType::F32, dev), step_amax = Tensor::empty({B * C}, DType::I32, dev),
@@ -172,6 +186,14 @@ std::vector<GenerationResult> generate(const ModelConfig& c, const ModelWeights&
                      entropy.reshape({B, C}), g.confidence_threshold);
       const Tensor flags = read_to_host(done_dev, "stop_flags");
       for (std::int64_t b = 0; b < B; ++b) done[static_cast<std::size_t>(b)] = flags.data<std::int32_t>()[b] != 0;
+      if (trace) {
+        st.entropy = host_values<float>(entropy);
+        st.argmax = host_values<std::int32_t>(step_amax);
+        st.sampled = host_values<std::int32_t>(sampled);
+        st.accepted = host_values<std::int32_t>(accepted);
+        st.stopped.assign(done.begin(), done.end());
+        trace(st);
+      }
 
       soft = next_soft.reshape({B, C, H});
       passes_total += B;

@@ -69,8 +69,23 @@ std::vector<bool> entropy_bound_accept(const float* entropy, std::int64_t n, dou
 // Progress hook, called after each denoising step with the number of decoder passes so far.
 using GenerationProgress = std::function<void(std::int64_t decoder_passes)>;
 
+// One denoising step of a batch, for replaying a reference trajectory (tests/test_generation_replay.cpp).
+// Rows are the requests in order, positions row-major [B, C]. Built only when a trace hook is given: it
+// costs host reads (named "trace") that the untraced loop does not make.
+struct DenoisingStepTrace {
+  int canvas = 0;                // canvas index
+  std::int64_t remaining = 0;    // s: N ... 1
+  std::vector<bool> active;      // [B] rows that took part: not stopped denoising, not finished by EOS
+  std::vector<std::int32_t> x;   // [B*C] the canvas fed to the decoder
+  std::vector<float> entropy;    // [B*C] entropy of the processed (softcapped, temperature-scaled) logits
+  std::vector<std::int32_t> argmax, sampled, accepted;  // [B*C] (accepted: 0/1)
+  std::vector<bool> stopped;     // [B] the stable-and-confident decision after the step
+};
+using DenoisingTrace = std::function<void(const DenoisingStepTrace&)>;
+
 std::vector<GenerationResult> generate(const ModelConfig& c, const ModelWeights& w,
                                        const std::vector<GenerationRequest>& requests, const GenerationConfig& g,
-                                       const GenerationProgress& progress = nullptr);
+                                       const GenerationProgress& progress = nullptr,
+                                       const DenoisingTrace& trace = nullptr);
 
 }  // namespace dg
