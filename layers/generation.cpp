@@ -18,6 +18,7 @@ void GenerationConfig::validate() const {
   if (!(confidence_threshold > 0))
     fail_config("generation: confidence_threshold must be > 0, got {}", confidence_threshold);
   if (vocab_chunk <= 0) fail_config("generation: vocab_chunk must be positive");
+  if (pad_token_id < -1) fail_config("generation: pad_token_id must be >= 0 (or -1: unset), got {}", pad_token_id);
 }
 
 float step_temperature(const GenerationConfig& g, std::int64_t remaining) {
@@ -103,9 +104,11 @@ std::vector<GenerationResult> generate(const ModelConfig& c, const ModelWeights&
     const int max_new = std::max(0, request_max_new_tokens(g, req));
     canvases_allowed[static_cast<std::size_t>(b)] = static_cast<int>((max_new + C - 1) / C);
   }
+  // What fills prompt padding and the canvases re-encoded after EOS (masked or never read: any id does).
+  const std::int32_t filler = static_cast<std::int32_t>(std::max(0, g.pad_token_id));
   auto prompt_at = [&](std::int64_t i, bool want_valid) -> std::int32_t {
     const std::int64_t b = i / L, t = i % L, p = pad[static_cast<std::size_t>(b)];
-    if (t < p) return want_valid ? 0 : static_cast<std::int32_t>(g.pad_token_id);
+    if (t < p) return want_valid ? 0 : filler;
     return want_valid ? 1 : requests[static_cast<std::size_t>(b)].prompt[static_cast<std::size_t>(t - p)];
   };
   const Tensor ids = upload<std::int32_t>(dev, {B, L}, DType::I32, [&](std::int64_t i) { return prompt_at(i, false); });
@@ -212,18 +215,18 @@ std::vector<GenerationResult> generate(const ModelConfig& c, const ModelWeights&
       std::copy_n(top + b * C, C, out);
       GenerationResult& r = results[bs];
       if (finished[bs]) {
-        std::fill(out, out + C, static_cast<std::int32_t>(g.pad_token_id));
+        std::fill(out, out + C, filler);
         continue;
       }
       ++r.canvases;
       bool eos = false;
       for (std::int64_t j = 0; j < C; ++j) {
         if (eos) {
-          out[j] = g.pad_token_id;
+          out[j] = filler;
           continue;
         }
         r.tokens.push_back(out[j]);
-        if (out[j] != g.pad_token_id) ++r.completion_tokens;
+        if (out[j] != g.pad_token_id) ++r.completion_tokens;  // with pad unset (-1), every token counts
         eos = is_eos(g, out[j]);
       }
       if (eos) {

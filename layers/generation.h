@@ -28,7 +28,7 @@ struct GenerationConfig {
   int stability_threshold = 1;      // argmax canvases that must agree (0: always stable)
   double confidence_threshold = 0.005;
   std::vector<int> eos_token_ids{1};  // empty: no EOS stops (the reference without an eos_token_id)
-  int pad_token_id = 0;
+  int pad_token_id = -1;             // -1: unset (the reference's None): no generated token counts as pad
   std::uint64_t seed = 0;
   std::int64_t vocab_chunk = 16384;
 

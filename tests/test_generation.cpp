@@ -2,6 +2,7 @@
 // batch mates, canvas rounding, EOS handling, stopping, metrics and option validation.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cstring>
 #include <fstream>
 
@@ -142,6 +143,26 @@ TEST_CASE("defaults: a model without generation_config.json gets the reference's
   // (tests/cli/test_generate.sh checks the job side).
   CHECK(d["eos_token_id"].is_null());
   CHECK_FALSE(d["config_json_eos_token_id"].is_null());
+  // No pad token either (config.json's text_config.pad_token_id is not used): unset, every token counts.
+  CHECK(d["pad_token_id"].is_null());
+  CHECK(g.pad_token_id == -1);
+}
+
+TEST_CASE("pad_token_id: unset counts every generated token, set excludes that id from the count") {
+  const HfModel& m = model();
+  GenerationConfig g = quick();
+  g.max_new_tokens = 96;  // enough tokens of a 96-id vocabulary for id 0 to turn up
+  g.eos_token_ids.clear();
+  const GenerationRequest r{{2, 10, 11}, 3, -1};
+  const auto unset = generate(m.config, m.weights, {r}, g);
+  g.pad_token_id = 0;
+  const auto zero = generate(m.config, m.weights, {r}, g);
+  REQUIRE(unset[0].tokens == zero[0].tokens);  // the pad id changes the count, not the tokens
+  const auto zeros = std::count(zero[0].tokens.begin(), zero[0].tokens.end(), 0);
+  CHECK(unset[0].completion_tokens == static_cast<std::int64_t>(unset[0].tokens.size()));
+  CHECK(zero[0].completion_tokens == static_cast<std::int64_t>(zero[0].tokens.size()) - zeros);
+  g.pad_token_id = -2;
+  CHECK_THROWS_WITH_AS(generate(m.config, m.weights, {r}, g), doctest::Contains("pad_token_id"), ConfigError);
 }
 
 TEST_CASE("max_length: the reference's rule for the tokens a request may generate") {
