@@ -172,6 +172,33 @@ ModelConfig parse_model_config(const json& top, const std::string& where) {
   return c;
 }
 
+std::optional<VisionConfig> parse_vision_config(const json& top, const ModelConfig& text, const std::string& where) {
+  if (!top.is_object()) fail_config("{}: the configuration must be a JSON object", where);
+  const JsonFields r(top, where);
+  if (!r.has("text_config")) return std::nullopt;
+  VisionConfig v;
+  v.text_hidden_size = text.hidden_size;
+  v.projector_initializer_range = positive_number(r, "initializer_range", v.projector_initializer_range);
+  if (!r.has("vision_config")) return v;
+  const JsonFields f = r.object("vision_config");
+  if (const std::string type = f.string("model_type", "gemma4_vision"); type != "gemma4_vision")
+    fail_config("{}: '{}' is '{}'; the vision tower dgemma can write is gemma4_vision", where, f.key("model_type"), type);
+  auto size = [&](const char* key, int fallback) { return f.integer<int>(key, fallback, 1, kMaxInt); };
+  v.hidden_size = size("hidden_size", v.hidden_size);
+  v.intermediate_size = size("intermediate_size", v.intermediate_size);
+  v.num_layers = f.integer<int>("num_hidden_layers", v.num_layers, 0, kMaxInt);
+  v.num_heads = size("num_attention_heads", v.num_heads);
+  v.num_kv_heads = size("num_key_value_heads", v.num_kv_heads);
+  v.head_dim = size("head_dim", v.head_dim);
+  v.patch_size = size("patch_size", v.patch_size);
+  v.position_embedding_size = size("position_embedding_size", v.position_embedding_size);
+  v.output_dims = f.integer<int>("output_proj_dims", 0, 1, kMaxInt);
+  v.use_clipped_linears = f.boolean("use_clipped_linears", v.use_clipped_linears);
+  v.standardize = f.boolean("standardize", v.standardize);
+  v.initializer_range = positive_number(f, "initializer_range", v.initializer_range);
+  return v;
+}
+
 ModelConfig load_model_config(const std::string& path) {
   namespace fs = std::filesystem;
   const std::string file = fs::is_directory(path) ? (fs::path(path) / "config.json").string() : path;

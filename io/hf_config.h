@@ -6,14 +6,25 @@
 // into its target type (io/strict_json.h): nothing is narrowed silently, and 1e3 is not an integer.
 #pragma once
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 
 #include "layers/model_config.h"
+#include "layers/vision.h"
 
 namespace dg {
 
 ModelConfig parse_model_config(const nlohmann::json& j, const std::string& where);
 ModelConfig load_model_config(const std::string& path);  // a config.json file or an HF model directory
+
+// The vision tower a `diffusion_gemma` config.json implies (layers/vision.h): its vision_config (model_type
+// gemma4_vision) with HF Gemma4VisionConfig's defaults for absent keys -- an absent vision_config is the
+// default tower, as DiffusionGemmaConfig builds one -- and the top-level initializer_range for the
+// projector; `text` gives the projector's output width. nullopt for a bare diffusion_gemma_text config
+// (no vision tower). ConfigError naming the key and `where` for a wrong type, a non-positive size or another
+// vision model_type.
+std::optional<VisionConfig> parse_vision_config(const nlohmann::json& top, const ModelConfig& text,
+                                                const std::string& where);
 
 // Type and range checks of the generation_config.json keys dgemma reads (max_new_tokens,
 // max_denoising_steps, stability_threshold, t_min, t_max, confidence_threshold, pad/bos/eos_token_id,

@@ -5,6 +5,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 
 #include "io/atomic_file.h"
 #include "io/hf_names.h"
@@ -145,6 +146,26 @@ std::pair<long, std::string_view> layer_of(std::string_view name, std::string_vi
   return {l, name.substr(dot + 1)};
 }
 
+// Inside a vision encoder layer: its modules in registration order and, inside a Gemma4ClippableLinear, the
+// clip buffers (use_clipped_linears) before the inner linear's weight.
+int vision_layer_rank(std::string_view rest) {
+  static constexpr std::string_view modules[] = {
+      "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "self_attn.q_norm",
+      "self_attn.k_norm", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj", "input_layernorm",
+      "post_attention_layernorm", "pre_feedforward_layernorm", "post_feedforward_layernorm"};
+  static constexpr std::string_view parts[] = {"input_min", "input_max", "output_min", "output_max", "linear.weight",
+                                               "weight"};
+  constexpr int kParts = static_cast<int>(std::size(parts));
+  for (int m = 0; m < static_cast<int>(std::size(modules)); ++m) {
+    const std::string_view mod = modules[m];
+    if (rest.size() <= mod.size() || !rest.starts_with(mod) || rest[mod.size()] != '.') continue;
+    const std::string_view tail = rest.substr(mod.size() + 1);
+    for (int p = 0; p < kParts; ++p)
+      if (tail == parts[p]) return m * kParts + p;
+  }
+  return static_cast<int>(std::size(modules)) * kParts;  // unknown: after the known ones
+}
+
 // The registration order of the modules of DiffusionGemmaForBlockDiffusion (transformers 5.23), which
 // state_dict() follows: the encoder's own layer_scalar buffers (its other text tensors are tied to the
 // decoder's and not saved), the vision tower and its projector, the decoder, then anything else.
@@ -153,16 +174,11 @@ std::array<long, 4> state_dict_rank(std::string_view n) {
     return {0, l, rest == "layer_scalar" ? 0 : 1, 0};
   if (n.starts_with("model.encoder.vision_tower.")) {
     n.remove_prefix(std::string_view("model.encoder.vision_tower.").size());
-    if (auto [l, rest] = layer_of(n, "encoder.layers."); l >= 0)
-      return {1, 1, l, rank_in(rest, {"self_attn.q_proj.linear.weight", "self_attn.k_proj.linear.weight",
-                                      "self_attn.v_proj.linear.weight", "self_attn.o_proj.linear.weight",
-                                      "self_attn.q_norm.weight", "self_attn.k_norm.weight", "mlp.gate_proj.linear.weight",
-                                      "mlp.up_proj.linear.weight", "mlp.down_proj.linear.weight",
-                                      "input_layernorm.weight", "post_attention_layernorm.weight",
-                                      "pre_feedforward_layernorm.weight", "post_feedforward_layernorm.weight"})};
+    if (n == "std_bias" || n == "std_scale") return {1, 0, n == "std_bias" ? 0 : 1, 0};  // the tower's own buffers
+    if (auto [l, rest] = layer_of(n, "encoder.layers."); l >= 0) return {1, 2, l, vision_layer_rank(rest)};
     if (n.starts_with("patch_embedder."))
-      return {1, 0, rank_in(n, {"patch_embedder.position_embedding_table", "patch_embedder.input_proj.weight"}), 0};
-    return {1, 2, 0, 0};
+      return {1, 1, rank_in(n, {"patch_embedder.position_embedding_table", "patch_embedder.input_proj.weight"}), 0};
+    return {1, 3, 0, 0};
   }
   if (n.starts_with("model.encoder.")) return {2, 0, 0, 0};  // embed_vision and the rest of the encoder
   if (n == "model.decoder.embed_tokens.weight") return {3, 0, 0, 0};
@@ -193,6 +209,16 @@ std::map<std::string, std::string> string_map(const nlohmann::json& j, const std
   return m;
 }
 
+// The persistent buffers save_pretrained writes that num_parameters() does not count: the layer scalars,
+// the vision tower's standardisation and the clip bounds of its clippable linears.
+bool is_hf_buffer(std::string_view name) {
+  if (name == "layer_scalar" || name.ends_with(".layer_scalar")) return true;
+  if (!name.starts_with("model.encoder.vision_tower.")) return false;
+  for (std::string_view b : {".std_bias", ".std_scale", ".input_min", ".input_max", ".output_min", ".output_max"})
+    if (name.ends_with(b)) return true;
+  return false;
+}
+
 }  // namespace
 
 void hf_state_dict_order(std::vector<TensorSpec>& tensors) {
@@ -205,7 +231,7 @@ std::uint64_t hf_num_parameters(const std::vector<TensorSpec>& tensors) {
   std::uint64_t n = 0;
   for (const TensorSpec& t : tensors) {
     const std::string_view name = t.name;
-    if (name == "layer_scalar" || name.ends_with(".layer_scalar")) continue;
+    if (is_hf_buffer(name)) continue;
     n += static_cast<std::uint64_t>(shape_numel(t.shape));
   }
   return n;

@@ -55,12 +55,13 @@ struct HfShardLayout {
 // DiffusionGemmaForBlockDiffusion.state_dict() order (hf_state_dict_order), split by huggingface_hub's
 // rule (plan_shards), each file sorted by the safetensors writer with __metadata__ {"format": "pt"}, and an
 // index (only when sharded) whose metadata is {"total_parameters": num_parameters(), "total_size": data
-// bytes} -- num_parameters() counts parameters, not the saved layer_scalar buffers (hf_num_parameters).
+// bytes} -- num_parameters() counts parameters, not the saved buffers (hf_num_parameters).
 HfShardLayout save_pretrained_layout(std::vector<TensorSpec> tensors, std::uint64_t max_shard_size);
 // The order in which DiffusionGemmaForBlockDiffusion.state_dict() lists these HF tensors (stable: names it
 // does not know keep their relative order, after the known ones of their group).
 void hf_state_dict_order(std::vector<TensorSpec>& tensors);
-// The elements of the tensors that are parameters: all but the layer_scalar buffers.
+// The elements of the tensors that are parameters: all but the persistent buffers (the layer_scalar buffers;
+// the vision tower's std_bias / std_scale and the clip bounds input_min / input_max / output_min / output_max).
 std::uint64_t hf_num_parameters(const std::vector<TensorSpec>& tensors);
 
 // The layout of a set of files as read (the manifest section "hf_layout" of `dgemma convert`): file names

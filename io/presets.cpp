@@ -8,7 +8,9 @@ namespace {
 
 nlohmann::json tiny() {
   // 6 layers (5 sliding + 1 full) keep every structural feature of the real model at a size that
-  // trains in seconds on one CPU core.
+  // trains in seconds on one CPU core; a 2-layer vision tower of width 32 (with the released model's
+  // standardize buffers and a 64-entry position table) keeps the checkpoint layout complete at ~52k
+  // parameters.
   return nlohmann::json::parse(R"({
     "architectures": ["DiffusionGemmaForBlockDiffusion"], "model_type": "diffusion_gemma",
     "canvas_length": 8, "eos_token_id": [1, 106],
@@ -25,9 +27,24 @@ nlohmann::json tiny() {
         "full_attention": {"partial_rotary_factor": 0.25, "rope_theta": 1000000.0, "rope_type": "proportional"},
         "sliding_attention": {"rope_theta": 10000.0, "rope_type": "default"}},
       "pad_token_id": 0, "bos_token_id": 2, "eos_token_id": 1
+    },
+    "vision_config": {
+      "model_type": "gemma4_vision", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+      "num_attention_heads": 2, "num_key_value_heads": 2, "head_dim": 16, "patch_size": 16,
+      "pooling_kernel_size": 3, "position_embedding_size": 64, "standardize": true, "use_clipped_linears": false
     }})");
 }
 
+// The released google/diffusiongemma-26B-A4B-it shape (model.md §1.3). Its vision tower is Gemma 4's
+// 26B-A4B / 31B encoder (~550M parameters): 27 layers of width 1152, MLP 4304, 16 heads of dim 72 (the
+// q_norm/k_norm width), patch 16, pooling 3, a 10240-entry position table, standardize on, clipped linears
+// off. HF's Gemma4VisionConfig defaults (transformers 5.23: 16 layers of width 768) are the small models'
+// encoder, not this one; these values are from the published Gemma 4 26B-A4B vision metadata (GGUF
+// clip.vision.* of gemma4:26b-a4b: block_count 27, embedding_length 1152, feed_forward_length 4304,
+// head_count 16, projection_dim 2816) and the gemma4_vision config.json of the extracted 31B tower
+// (head_dim 72, standardize true, use_clipped_linears false) -- not read from the model's own
+// config.json, which is not available offline: check them against it before relying on the preset's
+// vision tower.
 nlohmann::json released_26b() {
   nlohmann::json layer_types = nlohmann::json::array();
   for (int i = 0; i < 30; ++i) layer_types.push_back(i % 6 == 5 ? "full_attention" : "sliding_attention");
@@ -45,6 +62,12 @@ nlohmann::json released_26b() {
         "full_attention": {"partial_rotary_factor": 0.25, "rope_theta": 1000000.0, "rope_type": "proportional"},
         "sliding_attention": {"rope_theta": 10000.0, "rope_type": "default"}},
       "pad_token_id": 0, "bos_token_id": 2, "eos_token_id": 1
+    },
+    "vision_config": {
+      "model_type": "gemma4_vision", "hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 27,
+      "num_attention_heads": 16, "num_key_value_heads": 16, "head_dim": 72, "patch_size": 16,
+      "pooling_kernel_size": 3, "position_embedding_size": 10240, "rms_norm_eps": 1e-6,
+      "standardize": true, "use_clipped_linears": false
     }})");
   j["text_config"]["layer_types"] = layer_types;
   return j;

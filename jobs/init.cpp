@@ -1,5 +1,7 @@
 // `dgemma init`: a randomly initialised model written as a Hugging Face directory, tensor by tensor
-// (memory stays at one tensor, so the 26B shape works too). The values depend only on the seed.
+// (memory stays at one tensor, so the 26B shape works too). The values depend only on the seed. The model
+// is complete: the text model (--init-std) and the vision tower with its projector that the config implies
+// (layers/vision.h, initialised as HF's _init_weights does), so transformers loads it with nothing missing.
 #include <filesystem>
 
 #include "jobs/log.h"
@@ -22,11 +24,65 @@ void init_options(po::options_description& d) {
       ("out", po::value<std::string>()->value_name("DIR"), "output HF directory (must not exist unless --overwrite)")
       ("seed", po::value<std::uint64_t>()->default_value(0), "random seed")
       ("dtype", po::value<std::string>()->default_value("bf16"), "stored dtype: bf16 or f32")
-      ("init-std", po::value<double>()->default_value(0.02, "0.02"), "std of the normal init (initializer_range)")
+      ("init-std", po::value<double>()->default_value(0.02, "0.02"), "std of the text model's normal init (the vision tower takes the config's initializer_range values, as HF)")
       ("max-shard-size", po::value<std::string>()->default_value("50GB"), "shard size limit (e.g. 5GB, 500MB; default as transformers 5 save_pretrained)")
       ("tokenizer", po::value<std::string>()->value_name("DIR"), "copy tokenizer.json, tokenizer_config.json and chat_template.jinja from DIR (default for --preset tiny: the built-in tokenizer)")
       ("overwrite", po::bool_switch(), "replace an existing output directory");
 }
+
+namespace {
+
+// A fill of write_hf_dir: the values gen(begin, count, dst) makes, 1M elements at a time, stored as `dtype`
+// (memory stays at one tensor, so the 26B shape works too).
+std::function<void(std::byte*, std::size_t)> generated(
+    Shape shape, DType dtype, std::function<void(std::int64_t, std::int64_t, float*)> gen) {
+  return [shape = std::move(shape), dtype, gen = std::move(gen)](std::byte* dst, std::size_t) {
+    constexpr std::int64_t kChunk = 1 << 20;
+    std::vector<float> buf(static_cast<std::size_t>(kChunk));
+    const std::int64_t total = shape_numel(shape);
+    const std::size_t es = dtype_size(dtype);
+    for (std::int64_t b = 0; b < total; b += kChunk) {
+      const std::int64_t m = std::min(kChunk, total - b);
+      gen(b, m, buf.data());
+      encode_f32(buf.data(), {m}, false, dtype, dst + static_cast<std::size_t>(b) * es);
+    }
+  };
+}
+
+// The text model's tensors (HF names and layouts), tensor indices 0, 1, ...; returns their elements.
+std::uint64_t add_text_tensors(const ModelConfig& c, DType dtype, std::uint64_t seed, float std_dev,
+                               std::vector<HfOutTensor>& out) {
+  std::uint64_t index = 0, params = 0;
+  for (const ParamSpec& p : model_params(c)) {
+    const HfName n = native_to_hf(p.name);
+    Shape shape = p.shape;
+    if (n.transposed) std::swap(shape[shape.size() - 1], shape[shape.size() - 2]);
+    params += static_cast<std::uint64_t>(shape_numel(shape));
+    out.push_back({n.name, std::string(safetensors_dtype(dtype).name), shape,
+                   generated(shape, dtype,
+                             [name = p.name, ti = index++, seed, std_dev](std::int64_t b, std::int64_t m, float* dst) {
+                               init_parameter(name, seed, ti, std_dev, b, m, dst);
+                             })});
+  }
+  return params;
+}
+
+// The vision tower and its projector as HF's _init_weights makes them (their own initializer_range values),
+// tensor indices from `first_index` on (layers/init.h); returns their elements.
+std::uint64_t add_vision_tensors(const VisionConfig& v, DType dtype, std::uint64_t seed, std::uint64_t first_index,
+                                 std::vector<HfOutTensor>& out) {
+  std::uint64_t index = first_index, elements = 0;
+  for (const CarriedSpec& s : vision_params(v)) {
+    elements += static_cast<std::uint64_t>(shape_numel(s.shape));
+    out.push_back({s.name, std::string(safetensors_dtype(dtype).name), s.shape,
+                   generated(s.shape, dtype, [s, ti = index++, seed](std::int64_t b, std::int64_t m, float* dst) {
+                     init_carried(s, seed, ti, b, m, dst);
+                   })});
+  }
+  return elements;
+}
+
+}  // namespace
 
 int init_run(JobContext& ctx) {
   const auto& vm = ctx.vm;
@@ -63,30 +119,14 @@ int init_run(JobContext& ctx) {
   if (ctx.rt.rank != 0) return 0;  // one writer; the others have nothing to do
 
   const std::uint64_t seed = vm["seed"].as<std::uint64_t>();
-  const float std_dev = static_cast<float>(vm["init-std"].as<double>());
   std::vector<HfOutTensor> tensors;
-  std::uint64_t index = 0, params = 0;
-  for (const ParamSpec& p : model_params(c)) {
-    const HfName n = native_to_hf(p.name);
-    Shape shape = p.shape;
-    if (n.transposed) std::swap(shape[shape.size() - 1], shape[shape.size() - 2]);
-    params += static_cast<std::uint64_t>(shape_numel(shape));
-    const std::uint64_t ti = index++;
-    tensors.push_back({n.name, std::string(safetensors_dtype(dtype).name), shape,
-                       [name = p.name, shape, ti, seed, std_dev, dtype](std::byte* dst, std::size_t) {
-                         constexpr std::int64_t kChunk = 1 << 20;
-                         std::vector<float> buf(static_cast<std::size_t>(kChunk));
-                         const std::int64_t total = shape_numel(shape);
-                         const std::size_t es = dtype_size(dtype);
-                         for (std::int64_t b = 0; b < total; b += kChunk) {
-                           const std::int64_t m = std::min(kChunk, total - b);
-                           init_parameter(name, seed, ti, std_dev, b, m, buf.data());
-                           encode_f32(buf.data(), {m}, false, dtype, dst + static_cast<std::size_t>(b) * es);
-                         }
-                       }});
-  }
-  log::info("init: {} ({}), {} tensors, {:.3f} B parameters, {} -> {}", where, c.summary(), tensors.size(),
-            static_cast<double>(params) * 1e-9, dtype_name(dtype), vm["out"].as<std::string>());
+  const std::uint64_t params = add_text_tensors(c, dtype, seed, static_cast<float>(vm["init-std"].as<double>()), tensors);
+  std::uint64_t vision = 0;
+  if (const std::optional<VisionConfig> v = parse_vision_config(config_json, c, where))
+    vision = add_vision_tensors(*v, dtype, seed, tensors.size(), tensors);
+  log::info("init: {} ({}), {} tensors: {:.3f} B text-model parameters, {:.3f} M in the vision tower and its "
+            "projector; {} -> {}", where, c.summary(), tensors.size(), static_cast<double>(params) * 1e-9,
+            static_cast<double>(vision) * 1e-6, dtype_name(dtype), vm["out"].as<std::string>());
   const nlohmann::json gen = default_generation_config(config_json);
   write_hf_dir(vm["out"].as<std::string>(), config_json, &gen, tensors, opts);
   log::info("init: wrote {}", vm["out"].as<std::string>());

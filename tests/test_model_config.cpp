@@ -258,3 +258,52 @@ TEST_CASE("json_integer: exact range checks at the edges of each type") {
   CHECK_THROWS_AS(json_integer_as<std::int64_t>(json(true), "f", "k"), ConfigError);
   CHECK_THROWS_AS(json_integer_as<std::int64_t>(json(nullptr), "f", "k"), ConfigError);
 }
+
+TEST_CASE("vision_config: the tower a config implies, HF's defaults for what it omits, errors naming the key") {
+  const json top = released_26b();
+  const ModelConfig c = parse_model_config(top, "26b.json");
+  const std::optional<VisionConfig> v = parse_vision_config(top, c, "26b.json");
+  REQUIRE(v);
+  CHECK(v->hidden_size == 1152);          // given
+  CHECK(v->num_layers == 16);             // Gemma4VisionConfig's defaults (transformers 5.23) for the rest
+  CHECK(v->intermediate_size == 3072);
+  CHECK(v->position_embedding_size == 10240);
+  CHECK(v->text_hidden_size == 2816);
+  CHECK(v->projector_initializer_range == 0.02);
+  CHECK_FALSE(v->standardize);
+
+  json no_vision = top;
+  no_vision.erase("vision_config");  // DiffusionGemmaConfig builds the default tower: init writes it
+  const std::optional<VisionConfig> d = parse_vision_config(no_vision, c, "x.json");
+  REQUIRE(d);
+  CHECK(d->hidden_size == 768);
+  // std_bias/std_scale absent, position table, input_proj, 16 layers of 4 + 2 + 3 + 4 tensors, the projector
+  const std::vector<CarriedSpec> specs = vision_params(*d);
+  CHECK(specs.size() == 2 + 16 * 13 + 1);
+  CHECK(specs.back().name == "model.encoder.embed_vision.embedding_projection.weight");
+  CHECK(specs.back().shape == Shape{2816, 768});
+
+  json clipped = top;
+  clipped["vision_config"]["use_clipped_linears"] = true;
+  clipped["vision_config"]["standardize"] = true;
+  clipped["vision_config"]["num_hidden_layers"] = 1;
+  const std::vector<CarriedSpec> cs = vision_params(*parse_vision_config(clipped, c, "x.json"));
+  CHECK(cs.size() == 2 + 2 + 1 * (7 * 5 + 2 + 4) + 1);  // 7 clippable linears with 4 bound buffers each
+  CHECK(cs[0].name == "model.encoder.vision_tower.std_bias");
+  CHECK(cs[0].init == CarriedInit::Zeros);
+
+  json text_only = top["text_config"];
+  text_only["model_type"] = "diffusion_gemma_text";
+  CHECK_FALSE(parse_vision_config(text_only, parse_model_config(text_only, "t.json"), "t.json"));
+
+  json other = top;
+  other["vision_config"]["model_type"] = "siglip_vision_model";
+  CHECK_THROWS_WITH_AS(parse_vision_config(other, c, "o.json"),
+                       doctest::Contains("o.json: 'vision_config.model_type' is 'siglip_vision_model'"), ConfigError);
+  json bad = top;
+  bad["vision_config"]["head_dim"] = 0;
+  CHECK_THROWS_WITH_AS(parse_vision_config(bad, c, "b.json"), doctest::Contains("vision_config.head_dim"), ConfigError);
+  bad = top;
+  bad["initializer_range"] = "big";
+  CHECK_THROWS_WITH_AS(parse_vision_config(bad, c, "b.json"), doctest::Contains("initializer_range"), ConfigError);
+}
