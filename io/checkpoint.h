@@ -242,6 +242,10 @@ class CheckpointWriter {
 
   void set_section(const std::string& name, nlohmann::json value);
   void set_rank_section(const std::string& name, nlohmann::json value);
+  // Records a failure of this rank's part of the save that happened outside add() (e.g. reading what it was
+  // to write): commit() then fails on every rank with this message, as after a failed add(). The first
+  // failure is kept.
+  void record_failure(const std::string& why);
 
   // Collective: publishes the checkpoint (see the protocol above); returns ckpt_dir/step_N.
   std::string commit();

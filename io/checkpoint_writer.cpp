@@ -165,6 +165,10 @@ void CheckpointWriter::add(const std::string& key, const Shape& global_shape, DT
   }
 }
 
+void CheckpointWriter::record_failure(const std::string& why) {
+  if (failed_.empty()) failed_ = why.empty() ? "unknown error" : why;
+}
+
 void CheckpointWriter::add_pieces(const std::string& key, const Shape& shape, DType dtype, std::int64_t piece,
                                   const PieceFill& fill) {
   DG_CHECK(!done_ && file_ >= 0, "checkpoint {}: add('{}') after commit", final_dir_, key);

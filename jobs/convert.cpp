@@ -38,6 +38,7 @@
 #include "io/safetensors.h"
 #include "io/transpose.h"
 #include "jobs/export.h"
+#include "jobs/tensor_copy.h"
 #include "jobs/checkpoint_group.h"
 #include "jobs/jobs.h"
 #include "parallel/comm.h"
@@ -65,19 +66,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-constexpr std::int64_t kPieceBytes = std::int64_t{16} << 20;  // the streaming unit, both directions
-
-// find_non_finite over consecutive ranges of one tensor: the first one's index in the whole tensor.
-struct NonFiniteScan {
-  NonFinite found;
-  void add(const void* data, DType t, std::int64_t first, std::int64_t n) {
-    const NonFinite b = find_non_finite(data, t, n);
-    if (!b) return;
-    if (!found) found.first = first + b.first, found.first_value = b.first_value;
-    found.count += b.count;
-  }
-};
-
 // agree_idle (parallel/comm.h), and on failure `on_error` runs on every rank before the error is rethrown.
 void agree_idle_or(Comm& world, const std::function<void()>& fn, const std::function<void()>& on_error) {
   try {
@@ -92,11 +80,6 @@ std::int64_t peak_rss_kb() {
   rusage u{};
   getrusage(RUSAGE_SELF, &u);
   return u.ru_maxrss;  // KiB on Linux
-}
-
-Shape swapped(Shape s) {
-  std::swap(s[s.size() - 1], s[s.size() - 2]);
-  return s;
 }
 
 struct Progress {
@@ -134,21 +117,6 @@ void finish_report(Comm& world, const Progress& p, const std::string& what) {
             "rank) -> {}", all[1], all[0] * 1e-6, s, all[0] * 1e-6 / s, world.size(), rss * 1024e-6, what);
 }
 
-// Tensors spread over the ranks, largest first to the least loaded: the same answer on every rank.
-std::vector<int> spread_over_ranks(const std::vector<std::uint64_t>& bytes, int ranks) {
-  std::vector<std::size_t> order(bytes.size());
-  std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return bytes[a] > bytes[b]; });
-  std::vector<std::uint64_t> load(static_cast<std::size_t>(ranks), 0);
-  std::vector<int> owner(bytes.size());
-  for (std::size_t i : order) {
-    const auto r = static_cast<std::size_t>(std::min_element(load.begin(), load.end()) - load.begin());
-    owner[i] = static_cast<int>(r);
-    load[r] += bytes[i];
-  }
-  return owner;
-}
-
 // The bound on what a rank holds while converting, printed at start: `pieces` buffers of kPieceBytes and
 // `matrices` copies of the largest transposed matrix (process baseline and library buffers aside).
 void say_working_set(int pieces, std::int64_t largest_matrix_bytes, int matrices) {
@@ -156,38 +124,6 @@ void say_working_set(int pieces, std::int64_t largest_matrix_bytes, int matrices
   log::info("convert: working set per rank <= {:.0f} MiB: {} x {} MiB pieces + {} x the largest transposed matrix "
             "({:.1f} MiB); not the model, nor a whole tensor", pieces * static_cast<double>(kPieceBytes) * mib +
             matrices * matrix, pieces, kPieceBytes >> 20, matrices, matrix);
-}
-
-// One tensor of an HF file into the checkpoint, streamed: `piece` elements at a time in the checkpoint's
-// order, transposed from the mmap'ed source when the layouts differ, the source pages released behind.
-void copy_hf_tensor(const ShardedSafetensors& files, const std::string& hf, bool transposed, CheckpointWriter& writer,
-                    const std::string& key, NonFiniteScan& scan) {
-  const SafetensorsEntry& e = files.entry(hf);
-  const std::span<const std::byte> src = files.bytes(hf);
-  const DType t = *e.type;
-  const std::size_t es = dtype_size(t);
-  if (!transposed) {
-    writer.add_pieces(key, e.shape, t, std::max<std::int64_t>(1, kPieceBytes / static_cast<std::int64_t>(es)),
-                      [&](std::int64_t first, std::int64_t n, void* dst) {
-                        const std::size_t at = static_cast<std::size_t>(first) * es, len = static_cast<std::size_t>(n) * es;
-                        scan.add(src.data() + at, t, first, n);
-                        std::memcpy(dst, src.data() + at, len);
-                        files.release(hf, at, at + len);
-                      });
-    return;
-  }
-  // The checkpoint's [.., q, p] of the HF [.., p, q], in whole rows of p elements.
-  const std::int64_t row = std::max<std::int64_t>(1, e.shape[e.shape.size() - 2]), mat = row * e.shape.back();
-  const std::int64_t piece = std::max<std::int64_t>(1, kPieceBytes / static_cast<std::int64_t>(es) / row) * row;
-  std::int64_t scanned = 0;  // source matrices checked for non-finite values so far
-  writer.add_pieces(key, swapped(e.shape), t, piece, [&](std::int64_t first, std::int64_t n, void* dst) {
-    for (; scanned * mat < first + n; ++scanned)  // each source matrix once, in HF order
-      scan.add(src.data() + static_cast<std::size_t>(scanned * mat) * es, t, scanned * mat, mat);
-    transpose_range(src.data(), e.shape, es, first, n, static_cast<std::byte*>(dst));
-    const std::int64_t from = first / mat * mat, done = (first + n) / mat * mat;  // source matrices finished
-    if (done > from) files.release(hf, static_cast<std::size_t>(from) * es, static_cast<std::size_t>(done) * es);
-  });
-  files.release(hf, 0, src.size());
 }
 
 int hf_to_h5(JobContext& ctx, const std::string& in, const std::string& out) {
@@ -209,15 +145,15 @@ int hf_to_h5(JobContext& ctx, const std::string& in, const std::string& out) {
   for (const std::string& hf : files.names()) {
     const SafetensorsEntry& e = files.entry(hf);
     const HfName n = hf_to_native(hf);
-    if (!e.type) fail_config("{}: tensor '{}' has dtype {}, which dgemma checkpoints cannot hold", files.path(), hf, e.dtype);
+    checkpoint_dtype(files, hf);  // one a checkpoint holds, checked before anything is written
     if (n.kind == HfName::Kind::Unknown)
       fail_config("{}: tensor '{}' is neither part of the model nor a known carried tensor", files.path(), hf);
     if (n.kind == HfName::Kind::Mapped) {
       auto it = expected.find(n.name);
       if (it == expected.end()) fail_config("{}: tensor '{}' is not part of the model in config.json", files.path(), hf);
-      if ((n.transposed ? swapped(e.shape) : e.shape) != it->second)
+      if ((n.transposed ? swap_last2(e.shape) : e.shape) != it->second)
         fail_config("{}: tensor '{}' has shape {}, config.json implies {}", files.path(), hf, shape_str(e.shape),
-                    shape_str(n.transposed ? swapped(it->second) : it->second));
+                    shape_str(n.transposed ? swap_last2(it->second) : it->second));
       expected.erase(it);
     }
     items.push_back({hf, n.kind == HfName::Kind::Mapped ? checkpoint_key("param", n.name) : checkpoint_key("carried", hf), n,
@@ -394,7 +330,7 @@ int export_checkpoint_to_hf(Comm& world, const std::string& in, const std::strin
       expected.erase(it);
       const HfName n = native_to_hf(rest);
       const DType w = dtype_opt == "keep" ? t.dtype : dtype_opt == "bf16" ? DType::BF16 : DType::F32;
-      items.push_back({key, n, t.dtype, w, n.transposed ? swapped(t.shape) : t.shape});
+      items.push_back({key, n, t.dtype, w, n.transposed ? swap_last2(t.shape) : t.shape});
     }
   }
   if (!expected.empty())

@@ -14,7 +14,8 @@ constexpr std::array kJobs = {
         "  mpirun -n 4 dgemma sft --model hf-model --data train.jsonl --out run --steps 800 --checkpoint-every 100\n"
         "  dgemma sft --out run --resume            # after a stop (exit 42) or a crash\n"
         "Writes OUT/checkpoints/step_*/ (sharded HDF5), OUT/metrics.jsonl (scripts/plot_metrics.py draws it)\n"
-        "and OUT/hf-final/ (a Hugging Face directory). SIGUSR1/SIGTERM: checkpoint, then exit 42.",
+        "and OUT/hf-final/ (a Hugging Face directory). SIGUSR1/SIGTERM: checkpoint, then exit 42.\n"
+        "Tensors the text model does not use (vision tower) go into every checkpoint and hf-final untouched.",
         sft_options, sft_run, false},
     Job{"generate", "batch block-diffusion generation over prompt files",
         "Examples:\n  dgemma generate --model hf-model --input prompts.jsonl --output results.jsonl\n"
@@ -35,7 +36,8 @@ constexpr std::array kJobs = {
     Job{"init", "write a randomly initialised model as a Hugging Face directory",
         "Examples:\n  dgemma init --preset tiny --out tiny-model --dtype f32\n"
         "  dgemma init --model-config config.json --out model --seed 7\n"
-        "Written tensor by tensor into OUT.tmp and renamed when complete.",
+        "Written tensor by tensor into OUT.tmp and renamed when complete. The model is complete: the vision\n"
+        "tower the config implies is written too, initialised as transformers would.",
         init_options, init_run, false},
     Job{"inspect", "list and check the tensors of a Hugging Face directory or checkpoint",
         "Example:\n  dgemma inspect --path model-dir\n"

@@ -28,6 +28,7 @@
 #include "io/presets.h"
 #include "io/safetensors.h"
 #include "io/sft_data.h"
+#include "jobs/carried.h"
 #include "jobs/device_choice.h"
 #include "jobs/export.h"
 #include "jobs/checkpoint_group.h"
@@ -90,6 +91,7 @@ struct Run {
   ModelConfig config;
   json config_json, generation_json;
   std::optional<HfTensorReader> hf;    // the input model's tensors (unset: the preset, randomly initialised)
+  std::string model_dir;               // the input model; empty: the preset
   std::optional<Tokenizer> tokenizer;  // always set by open_run_model
   std::string tokenizer_dir;  // copied into the export; empty: the built-in tokenizer
 };
@@ -105,6 +107,7 @@ Run open_run_model(const JobContext& ctx) {
     const fs::path gen = fs::path(dir) / "generation_config.json";
     r.generation_json = fs::exists(gen) ? read_json_file(gen.string()) : default_generation_config(r.config_json);
     r.hf.emplace(dir, r.config);
+    r.model_dir = dir;
     r.tokenizer = Tokenizer::load(dir);
     r.tokenizer_dir = dir;
     return r;
@@ -129,15 +132,17 @@ SliceLoader initial_weights(const Run& run, std::uint64_t seed) {
 
 // Each rank writes only its slices: the masters of every tensor (frozen ones included: they are the
 // model's weights) and the Adam moments of the trainable ones, as flat ranges of the named global tensors,
-// so a checkpoint does not depend on the mesh that wrote it.
+// so a checkpoint does not depend on the mesh that wrote it; and its share of the carried tensors.
 void save_checkpoint(Comm& world, const std::string& dir, std::int64_t step, const Run& run, const FsdpModel& model,
-                     const Mesh& mesh, std::int64_t optimizer_step, const SftCursor& cursor, const json& train_section) {
+                     const CarriedTensors& carried, const Mesh& mesh, std::int64_t optimizer_step,
+                     const SftCursor& cursor, const json& train_section) {
   CheckpointWriterOptions opts;
   opts.overwrite = true;  // a resumed run may save a step again
   CommCheckpointGroup group(world);
   CheckpointWriter w(group, dir, step, opts);
-  // A failed write (disk full, I/O error) stops this rank's writing; the writer keeps the error and
-  // commit() reports it on every rank together and removes the partial step_N.tmp (exit 1, no hang).
+  // A failed write (disk full, I/O error) or read (a carried tensor's source) stops this rank's writing; the
+  // writer keeps the error and commit() reports it on every rank together and removes the partial
+  // step_N.tmp (exit 1, no hang).
   try {
     for (const auto& unit : model.units())
       for (const OwnedSlice& s : unit->owned()) {
@@ -147,7 +152,9 @@ void save_checkpoint(Comm& world, const std::string& dir, std::int64_t step, con
         w.add(checkpoint_key("exp_avg", s.name), s.shape, slice, s.exp_avg);
         w.add(checkpoint_key("exp_avg_sq", s.name), s.shape, slice, s.exp_avg_sq);
       }
-  } catch (const std::exception&) {
+    carried.write(world.rank(), world.size(), w);
+  } catch (const std::exception& e) {
+    w.record_failure(e.what());
   }
   w.set_section("hf_config", run.config_json);
   w.set_section("hf_generation_config", run.generation_json);
@@ -332,6 +339,12 @@ int sft_run(JobContext& ctx) {
   SftLossScale lscale;
   lscale.ar_weight = vm["ar-weight"].as<double>();
 
+  // What the text model does not use (vision tower, ...) goes into every checkpoint and the export unchanged.
+  const CarriedTensors carried = CarriedTensors::for_run(resume_from ? &*resume_from : nullptr, run.model_dir,
+                                                         run.config_json, c, seed,
+                                                         export_dtype == "bf16" ? DType::BF16 : DType::F32);
+  if (carried.count() > 0)
+    log::info("sft: carrying what the text model does not use: {}", carried.describe());
   std::int64_t step = 0, optimizer_steps = 0;
   if (resume_from) {
     load_checkpoint(*resume_from, model);
@@ -476,7 +489,7 @@ int sft_run(JobContext& ctx) {
     if (stop && step < steps && world.rank() == 0)
       write_file_atomic(stopped_marker.string(), fmt::format("step {}\n", step), true);
     if (stop || step == steps || (every > 0 && step % every == 0))
-      save_checkpoint(world, ckpt_dir.string(), step, run, model, mesh, optimizer_steps, cursor, train_section);
+      save_checkpoint(world, ckpt_dir.string(), step, run, model, carried, mesh, optimizer_steps, cursor, train_section);
     if (stop && step < steps) {
       log::info("sft: stopped at step {} after checkpointing; rerun with --resume to continue (exit {})", step,
                 static_cast<int>(kExitStoppedOnSignal));
