@@ -205,3 +205,29 @@ TEST_CASE("temperature schedule: logits / step_temperature are the reference's b
   CHECK(compared > 1000);
   CHECK(mismatches == 0);
 }
+
+TEST_CASE("no allocation in the steady-state denoising step: after a canvas's first step, the host pool serves all") {
+  const HfModel& m = model();
+  GenerationConfig g = quick();
+  g.max_new_tokens = 12;  // 3 canvases of 4
+  g.max_denoising_steps = 8;
+  g.eos_token_ids.clear();
+  g.stability_threshold = 0;  // keep every step running: no early stop
+  g.confidence_threshold = 1e-9;
+  std::vector<std::int64_t> at_step;  // the pool's system allocations after each step
+  {
+    ModelPathScope in_batch;  // as the generate job: tensors of the model path come from the host pool
+    generate(m.config, m.weights, {GenerationRequest{{2, 10, 11, 12}, 0, -1}, GenerationRequest{{2, 20}, 1, -1}}, g,
+             [&](std::int64_t) { at_step.push_back(allocation_stats().system_allocations); });
+  }
+  REQUIRE(at_step.size() == 24);
+  std::string deltas;
+  for (std::size_t i = 1; i < at_step.size(); ++i) deltas += std::to_string(at_step[i] - at_step[i - 1]) + " ";
+  CAPTURE(deltas);
+  // Within a canvas, every step after its first takes nothing from the system allocator (the first step
+  // of a canvas re-encodes the committed canvas into a longer KV cache and may need blocks of new sizes),
+  // except the very second step of the run, the first with a self-conditioning input.
+  for (std::size_t i = 2; i < at_step.size(); ++i)
+    if (i % 8 >= 1) CHECK(at_step[i] == at_step[i - 1]);
+  MESSAGE("system allocations per denoising step: " << deltas);
+}
