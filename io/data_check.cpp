@@ -3,6 +3,8 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <cstdint>
 #include <cstring>
 
 namespace dg {
@@ -105,18 +107,61 @@ bool parse_checksum(const std::string& text, std::uint64_t& out) {
 
 namespace {
 
-// Elements whose exponent bits are all ones are NaN or Inf; the mantissa tells which.
+// Elements whose exponent bits are all ones are NaN or Inf; the mantissa tells which. Blocks of kBlock
+// elements are first tested with a branch-free OR over the block (the compiler vectorises it); only a
+// block that holds one is scanned element by element.
+template <class Bits>
+struct Vec16;  // 16 bytes of Bits in one vector register
+template <>
+struct Vec16<std::uint16_t> {
+  using type = std::uint16_t __attribute__((vector_size(16)));
+};
+template <>
+struct Vec16<std::uint32_t> {
+  using type = std::uint32_t __attribute__((vector_size(16)));
+};
+
+// Whether any of the n elements at p has all exponent bits set: 16 bytes at a time in vector registers.
+template <class Bits>
+bool any_exp_all_ones(const unsigned char* p, std::int64_t n, Bits exp_mask) {
+  using V = typename Vec16<Bits>::type;
+  constexpr std::int64_t kLanes = 16 / sizeof(Bits);
+  V acc{}, v;
+  std::int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    std::memcpy(&v, p + static_cast<std::size_t>(i) * sizeof(Bits), sizeof v);
+    acc |= (v & exp_mask) == exp_mask;
+  }
+  bool any = false;
+  for (std::int64_t l = 0; l < kLanes; ++l) any = any || acc[l] != 0;
+  for (; i < n; ++i) {
+    Bits b;
+    std::memcpy(&b, p + static_cast<std::size_t>(i) * sizeof(Bits), sizeof b);
+    any = any || (b & exp_mask) == exp_mask;
+  }
+  return any;
+}
+
 template <class Bits>
 NonFinite scan(const void* data, std::int64_t n, Bits exp_mask, Bits mant_mask, Bits sign_bit) {
+  constexpr std::int64_t kBlock = 1024;
   NonFinite r;
   const auto* p = static_cast<const unsigned char*>(data);
-  for (std::int64_t i = 0; i < n; ++i) {
+  auto at = [&](std::int64_t i) {
     Bits b;
     std::memcpy(&b, p + static_cast<std::size_t>(i) * sizeof(Bits), sizeof(Bits));
-    if ((b & exp_mask) != exp_mask) continue;
-    if (r.count++ == 0) {
-      r.first = i;
-      r.first_value = (b & mant_mask) ? "nan" : (b & sign_bit) ? "-inf" : "inf";
+    return b;
+  };
+  for (std::int64_t i0 = 0; i0 < n; i0 += kBlock) {
+    const std::int64_t i1 = std::min(n, i0 + kBlock);
+    if (!any_exp_all_ones(p + static_cast<std::size_t>(i0) * sizeof(Bits), i1 - i0, exp_mask)) continue;
+    for (std::int64_t i = i0; i < i1; ++i) {
+      const Bits b = at(i);
+      if ((b & exp_mask) != exp_mask) continue;
+      if (r.count++ == 0) {
+        r.first = i;
+        r.first_value = (b & mant_mask) ? "nan" : (b & sign_bit) ? "-inf" : "inf";
+      }
     }
   }
   return r;

@@ -125,6 +125,19 @@ TEST_CASE("find_non_finite: NaN, +Inf and -Inf in f32, bf16 and f16; integers ne
   }
   const std::int32_t ints[] = {0x7FC00000, 0x7F800000};
   CHECK_FALSE(find_non_finite(ints, DType::I32, 2));
+  // Long tensors are scanned block by block: values in later blocks, and a block boundary, are found.
+  for (DType t : {DType::F32, DType::BF16, DType::F16}) {
+    CAPTURE(dtype_name(t));
+    std::vector<float> w(5000, 0.5f);
+    CHECK_FALSE(find_non_finite(Tensor::from({5000}, w).to(t).raw(), t, 5000));
+    w[1023] = INFINITY;
+    w[1024] = NAN;
+    w[4999] = -INFINITY;
+    const NonFinite bad = find_non_finite(Tensor::from({5000}, w).to(t).raw(), t, 5000);
+    CHECK(bad.count == 3);
+    CHECK(bad.first == 1023);
+    CHECK(bad.first_value == "inf");
+  }
 }
 
 TEST_CASE("checkpoint checksums: a flipped byte in a rank file is found by every read that touches the shard") {
