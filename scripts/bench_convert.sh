@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Throughput and peak memory of `dgemma convert` against the disk: a random bf16 model of about 1 GB
 # (`dgemma init`; most of it experts, which conversion transposes), then, interleaved, REPS times:
-#   cp+sync   cp -r of the model directory + sync: what the disk does with the same bytes
+#   cp+sync   cp -r of the model directory + sync: what the disk does with the same bytes (coreutils' cp
+#             uses copy_file_range: the kernel copies the pages itself, no byte passes through user space)
+#   dd+sync   dd of every file in 16 MiB blocks + sync: read(2)/write(2) of the same bytes, the ceiling for
+#             any program that transforms them on the way (the kernel copies each page in and out)
 #   h5-xN     convert --from hf --to h5 on N ranks (1 and 2)
 #   hf-xN     convert --from h5 --to hf on N ranks (1 and 2), from a checkpoint made once up front
 # for each dgemma binary given (e.g. a build of the previous commit, "before", beside the current one,
@@ -88,6 +91,8 @@ echo "bench_convert: model $(awk -v b="$bytes" 'BEGIN {printf "%.0f", b / 1e6}')
 : >"$work/results"
 for ((rep = 1; rep <= REPS; rep++)); do
   measure "cp+sync" 0 cp -r "$work/model" "$work/out"
+  measure "dd+sync" 0 bash -c 'mkdir -p "$1" && for f in "$2"/*; do dd if="$f" of="$1/${f##*/}" bs=16M status=none || exit 1; done' \
+    _ "$work/out" "$work/model"
   for bin in ${old:+"$old"} "$new"; do
     tag=$([[ "$bin" == "$new" ]] && echo after || echo before)
     for n in 1 2; do
