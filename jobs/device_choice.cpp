@@ -41,8 +41,8 @@ Device resolve_device(const JobContext& ctx, const char* job, bool cuda_path_rea
 
 void add_threads_option(po::options_description& d) {
   d.add_options()("threads", po::value<int>()->default_value(0),
-                  "CPU threads of this rank's GEMMs (0: OPENBLAS_NUM_THREADS, else the cores the rank is bound to, "
-                  "else cores / ranks on the node)");
+                  "CPU threads of this rank: its GEMMs and its other CPU ops (0: OPENBLAS_NUM_THREADS, else the cores "
+                  "the rank is bound to, else cores / ranks on the node)");
 }
 
 int resolve_threads(const JobContext& ctx, const char* job) {

@@ -11,7 +11,8 @@ namespace dg {
 void add_device_option(po::options_description& d);
 Device resolve_device(const JobContext& ctx, const char* job, bool cuda_path_ready);
 
-// `--threads N` (0: auto) of the same jobs: the threads of the rank's CPU GEMMs, set once and printed.
+// `--threads N` (0: auto) of the same jobs: the threads of the rank's CPU GEMMs and other CPU ops (one count,
+// set_cpu_threads), set once and printed.
 // auto: OPENBLAS_NUM_THREADS when set, else the cores the rank may run on when it is bound to some (mpirun
 // --bind-to core, srun --cpu-bind), else its share of the node's cores (cores / ranks on the node): the
 // ranks of a node never oversubscribe it. Returns the count.

@@ -41,7 +41,8 @@ void set_batch_invariant(bool on);
 bool batch_invariant();
 
 // ---- CPU threads ---------------------------------------------------------------------------------
-// The threads the CPU backend's GEMMs (OpenBLAS) may use; a job sets it once at start (--threads).
+// The threads of the CPU backend: its GEMMs (OpenBLAS) and the loops of its other ops (layers/cpu/parallel.h)
+// both use cpu_threads(); a job sets it once at start (--threads). The other ops' results do not depend on it.
 void set_cpu_threads(int n);
 int cpu_threads();
 

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "layers/cpu/parallel.h"
 #include "layers/cpu/vmath.h"
 #include "layers/ops.h"
 
@@ -139,7 +140,7 @@ void geglu(const Tensor& gate_up, const Tensor* weights, Tensor& act) {
   const float* pgu = gate_up.data<float>();
   const float* pw = weights ? weights->data<float>() : nullptr;
   float* pa = act.data<float>();
-  for (std::int64_t r = 0; r < rows; ++r) {
+  parallel_for("activation.geglu", rows, 8 * f, [&](std::int64_t r) {
     const float* g = pgu + r * 2 * f;
     const float* u = g + f;
     const vm::f32v w = vm::splat(pw ? pw[r] : 1.0f);
@@ -147,7 +148,7 @@ void geglu(const Tensor& gate_up, const Tensor* weights, Tensor& act) {
       const vm::f32v gi = Lanes{g, i, f}.get();
       put(pa + r * f, i, f, w * (gi * sigmoid_2y(gi).s) * Lanes{u, i, f}.get());
     }
-  }
+  });
 }
 
 void geglu_backward(const Tensor& d_act, const Tensor& gate_up, const Tensor* weights, Tensor& d_gate_up,
@@ -161,7 +162,7 @@ void geglu_backward(const Tensor& d_act, const Tensor& gate_up, const Tensor* we
   if (f == 0 && pdw)  // no channels: every routing-weight gradient is an empty sum
     for (std::int64_t r = 0; r < d_weights->numel(); ++r) pdw[r] = 0.f;
   const vm::f32v two_k = vm::splat(2.0f * kSqrt2OverPi), three_c = vm::splat(3.0f * kCubic), one = vm::splat(1.0f);
-  for (std::int64_t r = 0; r < rows; ++r) {
+  parallel_for("activation.geglu_backward", rows, 12 * f, [&](std::int64_t r) {
     const float* g = pgu + r * 2 * f;
     const float* u = g + f;
     const float* da = pda + r * f;
@@ -180,7 +181,7 @@ void geglu_backward(const Tensor& d_act, const Tensor& gate_up, const Tensor* we
       for (std::int64_t l = 0; l < std::min<std::int64_t>(vm::kLanes, f - i); ++l) dw += double(prod[l]);
     }
     if (pdw) pdw[r] = static_cast<float>(dw);
-  }
+  });
 }
 
 }  // namespace cpu

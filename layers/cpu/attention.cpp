@@ -3,7 +3,10 @@
 // backward. Per batch entry and tile of query rows the visibility of every key is evaluated once
 // from the rule (attn_visible, layers/ops/attn_rule.h) and the key padding; the column range
 // holding any visible key bounds the sgemm calls (scores, P.V, and the backward products), so causal
-// and canvas masks skip most masked work. Scratch is a few [tile, Tc + S] rows, never [S, S] per head.
+// and canvas masks skip most masked work. Scratch is one [tile, Tc + S] block per head, never [S, S].
+// Threads (layers/cpu/parallel.h): per tile, the GEMMs of every head run first (OpenBLAS threads them),
+// then the softmax (or its gradient) of every (head, row) on the CPU threads, then the next GEMMs, each
+// call the same as in a head-by-head loop, so the results do not depend on the thread count.
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -11,6 +14,7 @@
 #include <utility>
 #include <vector>
 
+#include "layers/cpu/parallel.h"
 #include "layers/cpu/vmath.h"
 #include "layers/ops.h"
 
@@ -160,21 +164,25 @@ void build_tile(const AttnDims& d, const AttnOpts& o, std::int64_t b, std::int64
   t.visible.assign(static_cast<std::size_t>(t.rows * tk), 0);
   const AttnExample ex = o.examples.empty() ? AttnExample{} : o.examples[static_cast<std::size_t>(b)];
   const std::int32_t* valid = o.key_valid.defined() ? o.key_valid.data<std::int32_t>() + b * tk : nullptr;
-  for (int s = 0; s < 2; ++s) {
+  parallel_for("attention.visibility", t.rows, 4 * tk, [&](std::int64_t r) {
+    for (std::int64_t key = 0; key < tk; ++key)
+      t.visible[static_cast<std::size_t>(r * tk + key)] =
+          attn_visible(o.mask, ex, d.cache_len, first + r, key) && !(valid && valid[key] == 0);
+  });
+  for (int s = 0; s < 2; ++s) {  // the columns of each segment visible from any row of the tile
     t.lo[s] = seg[s].rows;
     t.hi[s] = 0;
-  }
-  for (std::int64_t r = 0; r < t.rows; ++r)
-    for (int s = 0; s < 2; ++s)
-      for (std::int64_t j = 0; j < seg[s].rows; ++j) {
-        const std::int64_t key = seg[s].first_key + j;
-        if (!attn_visible(o.mask, ex, d.cache_len, first + r, key) || (valid && valid[key] == 0)) continue;
-        t.visible[static_cast<std::size_t>(r * tk + key)] = 1;
-        t.lo[s] = std::min(t.lo[s], j);
-        t.hi[s] = std::max(t.hi[s], j + 1);
-      }
-  for (int s = 0; s < 2; ++s)
+    for (std::int64_t r = 0; r < t.rows; ++r) {
+      const std::uint8_t* vis = t.visible.data() + r * tk + seg[s].first_key;
+      std::int64_t lo = 0, hi = seg[s].rows;
+      while (lo < hi && !vis[lo]) ++lo;
+      while (hi > lo && !vis[hi - 1]) --hi;
+      if (lo == hi) continue;
+      t.lo[s] = std::min(t.lo[s], lo);
+      t.hi[s] = std::max(t.hi[s], hi);
+    }
     if (t.hi[s] <= t.lo[s]) t.lo[s] = t.hi[s] = 0;
+  }
 }
 
 // The forward's query tiles of one batch entry, {first row, rows}: aligned to the entry's first valid own
@@ -219,6 +227,89 @@ void key_segments(const AttnDims& d, std::int64_t b, const Tensor& k, const Tens
   seg[0].v = d.cache_len > 0 ? v_cache.data<float>() + b * d.cache_len * kstride : seg[1].v;
 }
 
+// fp32 softmax over the visible keys of row r of one head's tile scores (p: the head's [rows, Tk] block), in
+// place: masked entries in the tile's ranges become exact zeros. Returns the row's log-sum-exp (+inf: no
+// visible key, the row stays 0).
+float softmax_row(const AttnDims& d, const Tile& t, const KeySegment seg[2], std::int64_t r, float* p) {
+  const std::int64_t tk = d.cache_len + d.len;
+  float* pr = p + r * tk;
+  const std::uint8_t* vis = t.visible.data() + r * tk;
+  float mx = -kInf;
+  for (int s = 0; s < 2; ++s)
+    for (std::int64_t key = seg[s].first_key + t.lo[s]; key < seg[s].first_key + t.hi[s]; ++key)
+      if (vis[key]) mx = std::max(mx, pr[key]);
+  float sum = 0.f;
+  for (int s = 0; s < 2; ++s) {
+    masked_exp(pr, vis, seg[s].first_key + t.lo[s], seg[s].first_key + t.hi[s], mx);
+    for (std::int64_t key = seg[s].first_key + t.lo[s]; key < seg[s].first_key + t.hi[s]; ++key) sum += pr[key];
+  }
+  const float inv = sum > 0.f ? 1.f / sum : 0.f;
+  for (int s = 0; s < 2; ++s)
+    for (std::int64_t key = seg[s].first_key + t.lo[s]; key < seg[s].first_key + t.hi[s]; ++key) pr[key] *= inv;
+  return sum > 0.f ? mx + std::log(sum) : kInf;
+}
+
+// The backward's operands and its per-head tile scratch (P and dS, [heads][kTileRows, Tk] each).
+struct BackwardTile {
+  const AttnDims& d;
+  const AttnOpts& o;
+  const float *q, *out, *d_out, *lse;
+  float* d_q;
+  std::vector<float> p, ds;
+};
+
+// Row r of head n: P = exp(s - lse) and dS = P * (dP - D) with D = dO . O, in the head's P and dS blocks.
+void softmax_grad_row(BackwardTile& bt, std::int64_t b, const Tile& t, const KeySegment seg[2], std::int64_t n,
+                      std::int64_t r) {
+  const AttnDims& d = bt.d;
+  const std::int64_t tk = d.cache_len + d.len, qstride = d.heads * d.head_dim;
+  const std::int64_t at = (b * d.len + t.first + r) * qstride + n * d.head_dim;  // row r of head n in q/out
+  const float row_lse = bt.lse[(b * d.heads + n) * d.len + t.first + r];      // +inf: empty row
+  float dsum = 0.f;
+  for (std::int64_t c = 0; c < d.head_dim; ++c) dsum += bt.d_out[at + c] * bt.out[at + c];
+  float* pr = bt.p.data() + (n * kTileRows + r) * tk;
+  float* dr = bt.ds.data() + (n * kTileRows + r) * tk;
+  const std::uint8_t* vis = t.visible.data() + r * tk;
+  for (int s = 0; s < 2; ++s) {
+    masked_exp(pr, vis, seg[s].first_key + t.lo[s], seg[s].first_key + t.hi[s], row_lse);
+    for (std::int64_t key = seg[s].first_key + t.lo[s]; key < seg[s].first_key + t.hi[s]; ++key)
+      dr[key] = pr[key] * (dr[key] - dsum);
+  }
+}
+
+// One query tile of batch entry b: the score and dP GEMMs of every head, then the softmax gradient of every
+// (head, row) on the CPU threads, then the dQ / dK / dV GEMMs head by head (dK and dV accumulate in that order).
+void backward_tile(BackwardTile& bt, std::int64_t b, const Tile& t, const KeySegment seg[2]) {
+  const AttnDims& d = bt.d;
+  const std::int64_t tk = d.cache_len + d.len, group = d.heads / d.kv_heads, head_tile = kTileRows * tk;
+  const std::int64_t qstride = d.heads * d.head_dim, kstride = d.kv_heads * d.head_dim;
+  const std::int64_t row0 = (b * d.len + t.first) * qstride;  // q/out offset of the tile's head 0
+  for (std::int64_t n = 0; n < d.heads; ++n) {
+    const std::int64_t kv = n / group;
+    tile_scores(d, t, seg, bt.q + row0 + n * d.head_dim, kv, bt.o.scale, bt.p.data() + n * head_tile);
+    for (int s = 0; s < 2; ++s)  // dP = dO . V^T into ds
+      sgemm(false, true, t.rows, t.hi[s] - t.lo[s], d.head_dim, 1.f, bt.d_out + row0 + n * d.head_dim, qstride,
+            seg[s].v + t.lo[s] * kstride + kv * d.head_dim, kstride, 0.f,
+            bt.ds.data() + n * head_tile + seg[s].first_key + t.lo[s], tk);
+  }
+  parallel_for("attention.backward.softmax", d.heads * t.rows, 4 * tk + d.head_dim,
+               [&](std::int64_t i) { softmax_grad_row(bt, b, t, seg, i / t.rows, i % t.rows); });
+  for (std::int64_t n = 0; n < d.heads; ++n)
+    for (int s = 0; s < 2; ++s) {
+      const std::int64_t cols = t.hi[s] - t.lo[s], key0 = n * head_tile + seg[s].first_key + t.lo[s];
+      const std::int64_t krow = t.lo[s] * kstride + (n / group) * d.head_dim, at = row0 + n * d.head_dim;
+      // dQ (written: the first call overwrites, also when its range is empty)
+      sgemm(false, false, t.rows, d.head_dim, cols, bt.o.scale, bt.ds.data() + key0, tk, seg[s].k + krow, kstride,
+            s == 0 ? 0.f : 1.f, bt.d_q + at, qstride);
+      if (seg[s].dk)
+        sgemm(true, false, cols, d.head_dim, t.rows, bt.o.scale, bt.ds.data() + key0, tk, bt.q + at, qstride, 1.f,
+              seg[s].dk + krow, kstride);
+      if (seg[s].dv)
+        sgemm(true, false, cols, d.head_dim, t.rows, 1.f, bt.p.data() + key0, tk, bt.d_out + at, qstride, 1.f,
+              seg[s].dv + krow, kstride);
+    }
+}
+
 }  // namespace
 
 void attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& k_cache, const Tensor& v_cache,
@@ -230,42 +321,34 @@ void attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& 
 
   const std::int64_t tk = d.cache_len + d.len, group = d.heads / d.kv_heads;
   const std::int64_t qstride = d.heads * d.head_dim, kstride = d.kv_heads * d.head_dim;
-  std::vector<float> p(static_cast<std::size_t>(kTileRows * tk));  // scores, then probabilities
+  std::vector<float> p;  // per head [rows, Tk]: scores, then probabilities
+  const float* pq = q.data<float>();
+  float* pout = out.data<float>();
+  float* plse = lse.defined() ? lse.data<float>() : nullptr;
   Tile t;
   KeySegment seg[2];
   for (std::int64_t b = 0; b < d.batch; ++b) {
     key_segments(d, b, k, v, k_cache, v_cache, seg);
     for (const auto& [first, rows] : query_tiles(d, o, b)) {
       build_tile(d, o, b, first, rows, seg, t);
-      for (std::int64_t n = 0; n < d.heads; ++n) {
-        const std::int64_t kv = n / group;
-        const std::int64_t row0 = (b * d.len + first) * qstride + n * d.head_dim;  // q/out offset of the tile
-        tile_scores(d, t, seg, q.data<float>() + row0, kv, o.scale, p.data());
-        // fp32 softmax over the visible keys of each row; masked entries become exact zeros
-        for (std::int64_t r = 0; r < t.rows; ++r) {
-          float* pr = p.data() + r * tk;
-          const std::uint8_t* vis = t.visible.data() + r * tk;
-          float mx = -kInf;
-          for (int s = 0; s < 2; ++s)
-            for (std::int64_t key = seg[s].first_key + t.lo[s]; key < seg[s].first_key + t.hi[s]; ++key)
-              if (vis[key]) mx = std::max(mx, pr[key]);
-          float sum = 0.f;
-          for (int s = 0; s < 2; ++s) {
-            masked_exp(pr, vis, seg[s].first_key + t.lo[s], seg[s].first_key + t.hi[s], mx);
-            for (std::int64_t key = seg[s].first_key + t.lo[s]; key < seg[s].first_key + t.hi[s]; ++key) sum += pr[key];
-          }
-          const float inv = sum > 0.f ? 1.f / sum : 0.f;  // sum == 0: no visible key, the row stays 0
-          for (int s = 0; s < 2; ++s)
-            for (std::int64_t key = seg[s].first_key + t.lo[s]; key < seg[s].first_key + t.hi[s]; ++key) pr[key] *= inv;
-          if (lse.defined())
-            lse.data<float>()[(b * d.heads + n) * d.len + first + r] = sum > 0.f ? mx + std::log(sum) : kInf;
-        }
-        // out = P_cache . V_cache + P_own . V_own (the first call overwrites, also when its range is empty)
+      const std::int64_t head_tile = t.rows * tk;  // (a left-padding tile may have more than kTileRows rows)
+      const auto need = static_cast<std::size_t>(d.heads * head_tile);
+      if (p.size() < need) p.resize(need);
+      const std::int64_t row0 = (b * d.len + first) * qstride;  // q/out offset of the tile's head 0
+      for (std::int64_t n = 0; n < d.heads; ++n)
+        tile_scores(d, t, seg, pq + row0 + n * d.head_dim, n / group, o.scale, p.data() + n * head_tile);
+      parallel_for("attention.softmax", d.heads * t.rows, 4 * tk, [&](std::int64_t i) {
+        const std::int64_t n = i / t.rows, r = i % t.rows;
+        const float row_lse = softmax_row(d, t, seg, r, p.data() + n * head_tile);
+        if (plse) plse[(b * d.heads + n) * d.len + first + r] = row_lse;
+      });
+      // out = P_cache . V_cache + P_own . V_own (the first call overwrites, also when its range is empty)
+      for (std::int64_t n = 0; n < d.heads; ++n)
         for (int s = 0; s < 2; ++s)
-          sgemm(false, false, t.rows, d.head_dim, t.hi[s] - t.lo[s], 1.f, p.data() + seg[s].first_key + t.lo[s], tk,
-                seg[s].v + t.lo[s] * kstride + kv * d.head_dim, kstride, s == 0 ? 0.f : 1.f, out.data<float>() + row0,
-                qstride);
-      }
+          sgemm(false, false, t.rows, d.head_dim, t.hi[s] - t.lo[s], 1.f,
+                p.data() + n * head_tile + seg[s].first_key + t.lo[s], tk,
+                seg[s].v + t.lo[s] * kstride + (n / group) * d.head_dim, kstride, s == 0 ? 0.f : 1.f,
+                pout + row0 + n * d.head_dim, qstride);
     }
   }
 }
@@ -292,9 +375,10 @@ void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const
 
   d_k.zero_();  // own-token gradients are written; the loops below accumulate over heads and tiles
   d_v.zero_();
-  const std::int64_t tk = d.cache_len + d.len, group = d.heads / d.kv_heads;
-  const std::int64_t qstride = d.heads * d.head_dim, kstride = d.kv_heads * d.head_dim;
-  std::vector<float> p(static_cast<std::size_t>(kTileRows * tk)), ds(p.size());
+  const std::int64_t tk = d.cache_len + d.len, head_tile = kTileRows * tk, kstride = d.kv_heads * d.head_dim;
+  BackwardTile bt{d, o, q.data<float>(), out.data<float>(), d_out.data<float>(), lse.data<float>(), d_q.data<float>(),
+                  std::vector<float>(static_cast<std::size_t>(d.heads * head_tile)),
+                  std::vector<float>(static_cast<std::size_t>(d.heads * head_tile))};
   Tile t;
   KeySegment seg[2];
   for (std::int64_t b = 0; b < d.batch; ++b) {
@@ -307,44 +391,7 @@ void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const
     seg[1].dv = d_v.data<float>() + b * d.len * kstride;
     for (std::int64_t first = 0; first < d.len; first += kTileRows) {
       build_tile(d, o, b, first, std::min(kTileRows, d.len - first), seg, t);
-      for (std::int64_t n = 0; n < d.heads; ++n) {
-        const std::int64_t kv = n / group;
-        const std::int64_t row0 = (b * d.len + first) * qstride + n * d.head_dim;
-        const float* qt = q.data<float>() + row0;
-        const float* ot = out.data<float>() + row0;
-        const float* dout = d_out.data<float>() + row0;
-        tile_scores(d, t, seg, qt, kv, o.scale, p.data());
-        for (int s = 0; s < 2; ++s)  // dP = dO . V^T into ds
-          sgemm(false, true, t.rows, t.hi[s] - t.lo[s], d.head_dim, 1.f, dout, qstride,
-                seg[s].v + t.lo[s] * kstride + kv * d.head_dim, kstride, 0.f, ds.data() + seg[s].first_key + t.lo[s],
-                tk);
-        for (std::int64_t r = 0; r < t.rows; ++r) {
-          const float row_lse = lse.data<float>()[(b * d.heads + n) * d.len + first + r];  // +inf: empty row
-          float dsum = 0.f;                                                                // D = dO . O
-          for (std::int64_t c = 0; c < d.head_dim; ++c) dsum += dout[r * qstride + c] * ot[r * qstride + c];
-          float* pr = p.data() + r * tk;
-          float* dr = ds.data() + r * tk;
-          const std::uint8_t* vis = t.visible.data() + r * tk;
-          for (int s = 0; s < 2; ++s) {
-            masked_exp(pr, vis, seg[s].first_key + t.lo[s], seg[s].first_key + t.hi[s], row_lse);
-            for (std::int64_t key = seg[s].first_key + t.lo[s]; key < seg[s].first_key + t.hi[s]; ++key)
-              dr[key] = pr[key] * (dr[key] - dsum);
-          }
-        }
-        for (int s = 0; s < 2; ++s) {
-          const std::int64_t cols = t.hi[s] - t.lo[s], key0 = seg[s].first_key + t.lo[s];
-          const std::int64_t krow = t.lo[s] * kstride + kv * d.head_dim;
-          // dQ (written: the first call overwrites, also when its range is empty)
-          sgemm(false, false, t.rows, d.head_dim, cols, o.scale, ds.data() + key0, tk, seg[s].k + krow, kstride,
-                s == 0 ? 0.f : 1.f, d_q.data<float>() + row0, qstride);
-          if (seg[s].dk)
-            sgemm(true, false, cols, d.head_dim, t.rows, o.scale, ds.data() + key0, tk, qt, qstride, 1.f,
-                  seg[s].dk + krow, kstride);
-          if (seg[s].dv)
-            sgemm(true, false, cols, d.head_dim, t.rows, 1.f, p.data() + key0, tk, dout, qstride, 1.f, seg[s].dv + krow,
-                  kstride);
-        }
-      }
+      backward_tile(bt, b, t, seg);
     }
   }
 }

@@ -8,6 +8,7 @@
 #include <numeric>
 #include <vector>
 
+#include "layers/cpu/parallel.h"
 #include "layers/ops.h"
 
 namespace dg {
@@ -77,12 +78,16 @@ void concat_tokens(const Tensor& a, const Tensor& b, Tensor& out) {
   }
   const std::int64_t K = out.size(1), skip = T0 + T1 - K;
   const std::size_t token = static_cast<std::size_t>(shape_numel(trailing(b))) * dtype_size(b.dtype());
-  for (std::int64_t bi = 0; bi < B; ++bi)
+  const char* pa = has_a ? static_cast<const char*>(a.raw()) : nullptr;
+  const char* pb = static_cast<const char*>(b.raw());
+  char* po = static_cast<char*>(out.raw());
+  cpu::parallel_for("decoding.concat_tokens", B, K * static_cast<std::int64_t>(token) / 4, [&](std::int64_t bi) {
     for (std::int64_t t = skip; t < T0 + T1; ++t) {
-      const char* src = t < T0 ? static_cast<const char*>(a.raw()) + static_cast<std::size_t>(bi * T0 + t) * token
-                               : static_cast<const char*>(b.raw()) + static_cast<std::size_t>(bi * T1 + t - T0) * token;
-      if (token) std::memcpy(static_cast<char*>(out.raw()) + static_cast<std::size_t>(bi * K + t - skip) * token, src, token);
+      const char* src = t < T0 ? pa + static_cast<std::size_t>(bi * T0 + t) * token
+                               : pb + static_cast<std::size_t>(bi * T1 + t - T0) * token;
+      if (token) std::memcpy(po + static_cast<std::size_t>(bi * K + t - skip) * token, src, token);
     }
+  });
 }
 
 void entropy_bound_accept_rows(const Tensor& entropy, double gamma, Tensor& accepted) {
@@ -95,18 +100,22 @@ void entropy_bound_accept_rows(const Tensor& entropy, double gamma, Tensor& acce
   }
   const std::int64_t R = entropy.size(0), C = entropy.size(1);
   const float g = static_cast<float>(gamma);
-  std::vector<std::int64_t> order(static_cast<std::size_t>(C));
-  for (std::int64_t r = 0; r < R; ++r) {
-    const float* e = entropy.data<float>() + r * C;
-    std::int32_t* acc = accepted.data<std::int32_t>() + r * C;
-    std::iota(order.begin(), order.end(), 0);
-    std::stable_sort(order.begin(), order.end(), [&](std::int64_t x, std::int64_t y) { return e[x] < e[y]; });
-    float cs = 0;
-    for (std::int64_t j : order) {
-      cs += e[j];
-      acc[j] = cs - e[j] <= g ? 1 : 0;
+  const float* pe = entropy.data<float>();
+  std::int32_t* pacc = accepted.data<std::int32_t>();
+  cpu::parallel_ranges("decoding.entropy_bound.rows", R, 16 * C, [&](std::int64_t r0, std::int64_t r1) {
+    std::vector<std::int64_t> order(static_cast<std::size_t>(C));
+    for (std::int64_t r = r0; r < r1; ++r) {
+      const float* e = pe + r * C;
+      std::int32_t* acc = pacc + r * C;
+      std::iota(order.begin(), order.end(), 0);
+      std::stable_sort(order.begin(), order.end(), [&](std::int64_t x, std::int64_t y) { return e[x] < e[y]; });
+      float cs = 0;
+      for (std::int64_t j : order) {
+        cs += e[j];
+        acc[j] = cs - e[j] <= g ? 1 : 0;
+      }
     }
-  }
+  });
 }
 
 void denoise_update(Tensor& x, Tensor& amax, Tensor& history, Tensor& done, const Tensor& accepted,

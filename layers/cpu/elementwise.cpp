@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "layers/cpu/parallel.h"
 #include "layers/cuda/adamw.h"
 #include "layers/ops.h"
 
@@ -10,6 +11,16 @@ namespace dg {
 namespace {
 void check_f32(const char* op, const Tensor& t) {
   DG_CHECK(t.defined() && t.dtype() == DType::F32, "{}: {} must be f32 on the CPU", op, t.describe());
+}
+
+// Elements per item of the elementwise loops (the loops run over blocks of elements: one item each).
+constexpr std::int64_t kBlock = 4096;
+
+// fn(begin, end) over [0, n) in blocks of kBlock elements, on the CPU threads.
+template <class F>
+void elementwise(const char* name, std::int64_t n, F&& fn) {
+  cpu::parallel_for(name, (n + kBlock - 1) / kBlock, kBlock,
+                    [&](std::int64_t b) { fn(b * kBlock, std::min(n, (b + 1) * kBlock)); });
 }
 }  // namespace
 
@@ -23,7 +34,9 @@ void add_(Tensor& a, const Tensor& b) {
   check_f32("add_", b);
   float* pa = a.data<float>();
   const float* pb = b.data<float>();
-  for (std::int64_t i = 0; i < a.numel(); ++i) pa[i] += pb[i];
+  elementwise("elementwise.add", a.numel(), [&](std::int64_t i0, std::int64_t i1) {
+    for (std::int64_t i = i0; i < i1; ++i) pa[i] += pb[i];
+  });
 }
 
 void scale_by_(Tensor& x, const Tensor& s) {
@@ -35,7 +48,9 @@ void scale_by_(Tensor& x, const Tensor& s) {
   check_f32("scale_by_", x);
   const float k = s.data<float>()[0];
   float* p = x.data<float>();
-  for (std::int64_t i = 0; i < x.numel(); ++i) p[i] *= k;
+  elementwise("elementwise.scale", x.numel(), [&](std::int64_t i0, std::int64_t i1) {
+    for (std::int64_t i = i0; i < i1; ++i) p[i] *= k;
+  });
 }
 
 void scale_rows_(Tensor& x, const Tensor& row_scale) {
@@ -50,8 +65,9 @@ void scale_rows_(Tensor& x, const Tensor& row_scale) {
   const std::int64_t n = x.numel() / R;
   float* p = x.data<float>();
   const float* s = row_scale.data<float>();
-  for (std::int64_t r = 0; r < R; ++r)
+  cpu::parallel_for("elementwise.scale_rows", R, n, [&](std::int64_t r) {
     for (std::int64_t j = 0; j < n; ++j) p[r * n + j] *= s[r];
+  });
 }
 
 void exp_minus_rows_(Tensor& x, const Tensor& lse) {
@@ -65,8 +81,9 @@ void exp_minus_rows_(Tensor& x, const Tensor& lse) {
   const std::int64_t T = x.size(0), n = x.size(1);
   float* p = x.data<float>();
   const float* l = lse.data<float>();
-  for (std::int64_t t = 0; t < T; ++t)
+  cpu::parallel_for("elementwise.exp_minus_rows", T, 8 * n, [&](std::int64_t t) {
     for (std::int64_t j = 0; j < n; ++j) p[t * n + j] = std::exp(p[t * n + j] - l[t]);
+  });
 }
 
 void zero_rows_where_(Tensor& x, const Tensor& ids, std::int32_t value) {
@@ -89,18 +106,15 @@ double sum_all(const Tensor& x) {
   if (any_on_cuda({&x})) return cuda::sum_all(x);
   check_f32("sum_all", x);
   const float* p = x.data<float>();
-  double s = 0;
-  for (std::int64_t i = 0; i < x.numel(); ++i) s += p[i];
-  return s;
+  return cpu::parallel_sum("elementwise.sum_all", x.numel(), 1, [p](std::int64_t i) { return double(p[i]); });
 }
 
 double sum_squares(const Tensor& x) {
   if (any_on_cuda({&x})) return cuda::sum_squares(x);
   check_f32("sum_squares", x);
   const float* p = x.data<float>();
-  double s = 0;
-  for (std::int64_t i = 0; i < x.numel(); ++i) s += static_cast<double>(p[i]) * static_cast<double>(p[i]);
-  return s;
+  return cpu::parallel_sum("elementwise.sum_squares", x.numel(), 1,
+                           [p](std::int64_t i) { return static_cast<double>(p[i]) * static_cast<double>(p[i]); });
 }
 
 void adamw_step(Tensor& master, Tensor& exp_avg, Tensor& exp_avg_sq, const Tensor& grad, const AdamWStep& o) {
@@ -127,14 +141,16 @@ void adamw_step(Tensor& master, Tensor& exp_avg, Tensor& exp_avg_sq, const Tenso
   const bool wd = o.weight_decay != 0;
   float *p = master.data<float>(), *m = exp_avg.data<float>(), *v = exp_avg_sq.data<float>();
   const float* g = grad.data<float>();
-  for (std::int64_t j = 0; j < grad.numel(); ++j) {
-    const float gj = g[j] * clip;
-    if (wd) p[j] *= decay;
-    m[j] = lerp_low ? m[j] + w1 * (gj - m[j]) : gj - (gj - m[j]) * one_minus_w1;
-    v[j] = v[j] * b2 + w2 * gj * gj;
-    const float denom = std::sqrt(v[j]) / bc2_sqrt + eps;
-    p[j] = p[j] - step_size * (m[j] / denom);
-  }
+  elementwise("elementwise.adamw", grad.numel(), [&](std::int64_t j0, std::int64_t j1) {
+    for (std::int64_t j = j0; j < j1; ++j) {
+      const float gj = g[j] * clip;
+      if (wd) p[j] *= decay;
+      m[j] = lerp_low ? m[j] + w1 * (gj - m[j]) : gj - (gj - m[j]) * one_minus_w1;
+      v[j] = v[j] * b2 + w2 * gj * gj;
+      const float denom = std::sqrt(v[j]) / bc2_sqrt + eps;
+      p[j] = p[j] - step_size * (m[j] / denom);
+    }
+  });
 }
 
 }  // namespace dg

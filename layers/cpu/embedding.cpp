@@ -8,6 +8,7 @@
 #include <limits>
 #include <vector>
 
+#include "layers/cpu/parallel.h"
 #include "layers/ops.h"
 
 namespace dg {
@@ -144,11 +145,12 @@ void embedding(const Tensor& ids, const Tensor& table, float scale, Tensor& out)
   const std::int32_t* pid = ids.data<std::int32_t>();
   const float* pt = table.data<float>();
   float* po = out.data<float>();
-  for (std::int64_t t = 0; t < ids.numel(); ++t) {
-    check_id(pid[t], t, vocab);
+  const std::int64_t count = ids.numel();
+  for (std::int64_t t = 0; t < count; ++t) check_id(pid[t], t, vocab);
+  parallel_for("embedding.rows", count, hidden, [&](std::int64_t t) {
     const float* row = pt + std::int64_t(pid[t]) * hidden;
     for (std::int64_t h = 0; h < hidden; ++h) po[t * hidden + h] = row[h] * scale;
-  }
+  });
 }
 
 void embedding_backward(const Tensor& ids, const Tensor& d_out, float scale, Tensor& d_table) {
@@ -157,10 +159,18 @@ void embedding_backward(const Tensor& ids, const Tensor& d_out, float scale, Ten
   for (std::int64_t t = 0; t < ids.numel(); ++t) check_id(pid[t], t, vocab);  // nothing written on a bad id
   const float* pd = d_out.data<float>();
   float* pt = d_table.data<float>();
-  for (std::int64_t t = 0; t < ids.numel(); ++t) {
-    float* row = pt + std::int64_t(pid[t]) * hidden;
-    for (std::int64_t h = 0; h < hidden; ++h) row[h] += scale * pd[t * hidden + h];
-  }
+  // Tokens with the same id add into the same row: the threads split the columns, each adding every
+  // token in order into its columns.
+  constexpr std::int64_t kColumns = 64;
+  const std::int64_t count = ids.numel();
+  const std::int64_t blocks = (hidden + kColumns - 1) / kColumns;
+  parallel_for("embedding.backward.columns", blocks, kColumns * count, [&](std::int64_t blk) {
+    const std::int64_t h0 = blk * kColumns, h1 = std::min(hidden, h0 + kColumns);
+    for (std::int64_t t = 0; t < count; ++t) {
+      float* row = pt + std::int64_t(pid[t]) * hidden;
+      for (std::int64_t h = h0; h < h1; ++h) row[h] += scale * pd[t * hidden + h];
+    }
+  });
 }
 
 namespace {
@@ -168,10 +178,11 @@ namespace {
 void chunk_probs(const float* logits, const std::vector<double>& lse, std::int64_t vocab, std::int64_t v0,
                  std::int64_t c, float* p) {
   const std::int64_t rows = static_cast<std::int64_t>(lse.size());
-  for (std::int64_t r = 0; r < rows; ++r)
+  parallel_for("embedding.soft.probs", rows, 20 * c, [&](std::int64_t r) {
     for (std::int64_t j = 0; j < c; ++j)
       p[r * c + j] =
           static_cast<float>(std::exp(double(logits[r * vocab + v0 + j]) - lse[static_cast<std::size_t>(r)]));
+  });
 }
 }  // namespace
 
@@ -185,14 +196,14 @@ void soft_embedding(const Tensor& logits, const Tensor& table, float scale, Tens
   // Softmax statistics, one streaming pass per row. The forward uses them in double; the backward gets
   // the fp32 lse, whose rounding (<= 2e-6 relative for |lse| < 64) scales its P by as much.
   std::vector<double> row_lse(static_cast<std::size_t>(rows));
-  for (std::int64_t r = 0; r < rows; ++r) {
+  parallel_for("embedding.soft.lse", rows, 20 * vocab, [&](std::int64_t r) {
     const float* l = pl + r * vocab;
     const double m = *std::max_element(l, l + vocab);
     double z = 0;
     for (std::int64_t v = 0; v < vocab; ++v) z += std::exp(double(l[v]) - m);
     row_lse[static_cast<std::size_t>(r)] = m + std::log(z);
     plse[r] = static_cast<float>(row_lse[static_cast<std::size_t>(r)]);
-  }
+  });
   const std::int64_t chunk = std::min(vocab_chunk, vocab);
   std::vector<float> p(static_cast<std::size_t>(rows * chunk));
   for (std::int64_t v0 = 0; v0 < vocab; v0 += chunk) {
@@ -200,7 +211,9 @@ void soft_embedding(const Tensor& logits, const Tensor& table, float scale, Tens
     chunk_probs(pl, row_lse, vocab, v0, c, p.data());
     sgemm(false, false, rows, hidden, c, 1.f, p.data(), c, pt + v0 * hidden, hidden, v0 == 0 ? 0.f : 1.f, ps, hidden);
   }
-  for (std::int64_t i = 0; i < rows * hidden; ++i) ps[i] *= scale;  // (P @ E) · scale, the reference's order
+  parallel_for("embedding.soft.scale", rows, hidden, [&](std::int64_t r) {  // (P @ E) · scale, the reference's order
+    for (std::int64_t i = r * hidden; i < (r + 1) * hidden; ++i) ps[i] *= scale;
+  });
 }
 
 void soft_embedding_backward(const Tensor& d_soft, const Tensor& logits, const Tensor& table, float scale,
@@ -216,9 +229,10 @@ void soft_embedding_backward(const Tensor& d_soft, const Tensor& logits, const T
   std::vector<double> rho(static_cast<std::size_t>(rows), 0.0);  // Σ_v P·dP = Σ_h d_soft · soft
   if (pdl) {
     const float* ps = soft.data<float>();
-    for (std::int64_t r = 0; r < rows; ++r)
+    parallel_for("embedding.soft_backward.rho", rows, hidden, [&](std::int64_t r) {
       for (std::int64_t h = 0; h < hidden; ++h)
         rho[static_cast<std::size_t>(r)] += double(pds[r * hidden + h]) * double(ps[r * hidden + h]);
+    });
   }
   const std::int64_t chunk = std::min(vocab_chunk, vocab);
   std::vector<float> p(static_cast<std::size_t>(rows * chunk));
@@ -230,11 +244,12 @@ void soft_embedding_backward(const Tensor& d_soft, const Tensor& logits, const T
     if (!pdl) continue;
     // dP_c = scale · d_soft @ table[v0 : v0 + c]ᵀ, written straight into d_logits[:, v0 : v0 + c]
     sgemm(false, true, rows, c, hidden, scale, pds, hidden, pt + v0 * hidden, hidden, 0.f, pdl + v0, vocab);
-    for (std::int64_t r = 0; r < rows; ++r)
+    parallel_for("embedding.soft_backward.dlogits", rows, 2 * c, [&](std::int64_t r) {
       for (std::int64_t j = 0; j < c; ++j) {
         float& d = pdl[r * vocab + v0 + j];
         d = static_cast<float>(double(p[r * c + j]) * (double(d) - rho[static_cast<std::size_t>(r)]));
       }
+    });
   }
 }
 

@@ -9,6 +9,7 @@
 
 #include "layers/cpu/check.h"
 #include "layers/cpu/head_chunk.h"
+#include "layers/cpu/parallel.h"
 #include "layers/cpu/vmath.h"
 #include "layers/ops.h"
 
@@ -78,13 +79,18 @@ namespace cpu {
 void lm_head_chunk_logits(const float* h, std::int64_t n, std::int64_t hdim, const float* emb, std::int64_t v0,
                           std::int64_t vc, float cap, float temperature, float* out) {
   sgemm(false, true, n, vc, hdim, 1.0f, h, hdim, emb + v0 * hdim, hdim, 0.0f, out, vc);
+  if (cap == 0.0f && temperature == 1.0f) return;
   const vm::f32v c = vm::splat(cap), temp = vm::splat(temperature);
-  if (cap > 0.0f && temperature != 1.0f)
-    vm::map(out, out, n * vc, [&](vm::f32v x) { return (c * vm::tanh(x / c)) / temp; });
-  else if (cap > 0.0f)
-    vm::map(out, out, n * vc, [&](vm::f32v x) { return c * vm::tanh(x / c); });
-  else if (temperature != 1.0f)
-    vm::map(out, out, n * vc, [&](vm::f32v x) { return x / temp; });
+  // by rows (an element's result does not depend on its lane, vmath.h)
+  parallel_for("head.logits.softcap", n, 30 * vc, [&](std::int64_t r) {
+    float* row = out + r * vc;
+    if (cap > 0.0f && temperature != 1.0f)
+      vm::map(row, row, vc, [&](vm::f32v x) { return (c * vm::tanh(x / c)) / temp; });
+    else if (cap > 0.0f)
+      vm::map(row, row, vc, [&](vm::f32v x) { return c * vm::tanh(x / c); });
+    else
+      vm::map(row, row, vc, [&](vm::f32v x) { return x / temp; });
+  });
 }
 
 }  // namespace cpu
@@ -107,10 +113,15 @@ void softcap(const Tensor& x, float cap, Tensor& y) {
   const float* px = x.data<float>();
   float* py = y.data<float>();
   const vm::f32v c = vm::splat(cap);
-  if (cap > 0.0f)
-    vm::map(px, py, x.numel(), [&](vm::f32v v) { return c * vm::tanh(v / c); });
-  else if (py != px)
-    std::copy_n(px, x.numel(), py);
+  constexpr std::int64_t kBlock = 4096;  // elements per item (a multiple of the lanes)
+  const std::int64_t n = x.numel();
+  cpu::parallel_for("head.softcap", (n + kBlock - 1) / kBlock, 30 * kBlock, [&](std::int64_t b) {
+    const std::int64_t i0 = b * kBlock, len = std::min(kBlock, n - i0);
+    if (cap > 0.0f)
+      vm::map(px + i0, py + i0, len, [&](vm::f32v v) { return c * vm::tanh(v / c); });
+    else if (py != px)
+      std::copy_n(px + i0, len, py + i0);
+  });
 }
 
 void softcap_backward(const Tensor& y, const Tensor& dy, float cap, Tensor& dx) {
@@ -131,10 +142,14 @@ void softcap_backward(const Tensor& y, const Tensor& dy, float cap, Tensor& dx) 
   const float* py = y.data<float>();
   const float* pdy = dy.data<float>();
   float* pdx = dx.data<float>();
-  for (std::int64_t i = 0; i < y.numel(); ++i) {
-    const float u = cap > 0.0f ? py[i] / cap : 0.0f;
-    pdx[i] = pdy[i] * (1.0f - u * u);
-  }
+  constexpr std::int64_t kBlock = 4096;
+  const std::int64_t n = y.numel();
+  cpu::parallel_for("head.softcap_backward", (n + kBlock - 1) / kBlock, 4 * kBlock, [&](std::int64_t b) {
+    for (std::int64_t i = b * kBlock; i < std::min(n, (b + 1) * kBlock); ++i) {
+      const float u = cap > 0.0f ? py[i] / cap : 0.0f;
+      pdx[i] = pdy[i] * (1.0f - u * u);
+    }
+  });
 }
 
 // ---- shape checks of the device path (dtypes are checked by dg::cuda; the CPU path keeps its own
@@ -191,7 +206,7 @@ double lm_head_cross_entropy(const Tensor& hidden, const Tensor& embedding, cons
   for (std::int64_t v0 = 0; v0 < v && n > 0; v0 += chunk) {
     const std::int64_t vc = std::min(chunk, v - v0);
     cpu::lm_head_chunk_logits(rows.h, n, hdim, embedding.data<float>(), v0, vc, opts.softcap, 1.0f, scratch.data());
-    for (std::int64_t r = 0; r < n; ++r) {
+    cpu::parallel_for("head.cross_entropy.rows", n, 20 * vc, [&](std::int64_t r) {
       const float* s = scratch.data() + r * vc;
       const float mc = *std::max_element(s, s + vc);
       if (mc > m[r]) {
@@ -201,7 +216,7 @@ double lm_head_cross_entropy(const Tensor& hidden, const Tensor& embedding, cons
       const std::int64_t target = tg[rows.row[r]];
       if (target >= v0 && target < v0 + vc) target_logit[r] = s[target - v0];
       sum[r] += vm::exp_sum(s, vc, m[r]);
-    }
+    });
   }
   float* plse = lse.data<float>();
   std::fill(plse, plse + hidden.size(0), 0.0f);
@@ -256,7 +271,7 @@ void lm_head_cross_entropy_backward(const Tensor& hidden, const Tensor& embeddin
   for (std::int64_t v0 = 0; v0 < v; v0 += chunk) {
     const std::int64_t vc = std::min(chunk, v - v0);
     cpu::lm_head_chunk_logits(rows.h, n, hdim, emb, v0, vc, cap, 1.0f, g.data());
-    for (std::int64_t r = 0; r < n; ++r) {
+    cpu::parallel_for("head.cross_entropy_backward.rows", n, 20 * vc, [&](std::int64_t r) {
       const std::int64_t t = rows.row[r];
       const float coef = static_cast<float>(static_cast<double>(dloss) * w[t] / normaliser);
       float* s = g.data() + r * vc;
@@ -270,7 +285,7 @@ void lm_head_cross_entropy_backward(const Tensor& hidden, const Tensor& embeddin
       const float s_target = target >= 0 && target < vc ? s[target] : 0.0f;
       vm::map(s, s, vc, [&](vm::f32v x) { return dlogit(x, vm::splat(0.0f)); });
       if (target >= 0 && target < vc) s[target] = dlogit(vm::splat(s_target), vm::splat(1.0f))[0];
-    }
+    });
     cpu::sgemm(false, false, n, hdim, vc, 1.0f, g.data(), vc, emb + v0 * hdim, hdim, v0 == 0 ? 0.0f : 1.0f, dh,
                hdim);
     if (dembedding)
@@ -351,8 +366,8 @@ void lm_head_sample(const Tensor& hidden, const Tensor& embedding, float tempera
     const std::int64_t vc = std::min(chunk, v - v0);
     cpu::lm_head_chunk_logits(hidden.data<float>(), t_count, hdim, embedding.data<float>(), v0, vc, opts.softcap,
                               temperature, scratch.data());
-    for (std::int64_t t = 0; t < t_count; ++t) {
-      if (done[t]) continue;
+    cpu::parallel_for("head.sample.rows", t_count, 20 * vc, [&](std::int64_t t) {
+      if (done[t]) return;
       const float* lg = scratch.data() + t * vc;
       for (std::int64_t c = 0; c < vc; ++c) {
         const double p = std::exp(static_cast<double>(lg[c]) - lse[t]);
@@ -361,11 +376,11 @@ void lm_head_sample(const Tensor& hidden, const Tensor& embedding, float tempera
         if (cum[t] > u[t]) {
           out[t] = static_cast<std::int32_t>(v0 + c);
           done[t] = 1;
-          --remaining;
-          break;
+          return;
         }
       }
-    }
+    });
+    remaining = t_count - std::count(done.begin(), done.end(), 1);
   }
   for (std::int64_t t = 0; t < t_count; ++t)
     if (!done[t]) out[t] = last_nonzero[t];

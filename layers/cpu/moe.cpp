@@ -1,13 +1,14 @@
 // MoE ops: the dispatchers (a device tensor sends an op to its dg::cuda implementation after a
-// dtype-agnostic shape check) and the CPU (fp32) implementations of the router forward/backward,
-// permutation plan, gather, combine and the grouped expert GEMM, each with its backward; also the
-// grouped GEMM plan the CUDA backend launches from. Declarations and the math: layers/ops/moe.h.
+// dtype-agnostic shape check) and the CPU (fp32) implementations of the permutation plan, gather, combine
+// and the grouped expert GEMM, each with its backward; also the grouped GEMM plan the CUDA backend launches
+// from. The router is in moe_router.cpp. Declarations and the math: layers/ops/moe.h.
 #include <algorithm>
 #include <climits>
-#include <cmath>
+#include <string>
 #include <vector>
 
 #include "layers/cpu/check.h"
+#include "layers/cpu/parallel.h"
 #include "layers/ops.h"
 
 namespace dg {
@@ -15,46 +16,12 @@ namespace {
 
 using cpu::expect;
 
-// z = ((r · rstd) ⊙ scale) · inv_sqrt_h for every row, in the spec's order (model.md §3.6).
-void router_input(const float* r, const float* rstd, const float* scale, std::int64_t t_count, std::int64_t h,
-                  float* z) {
-  const float inv_sqrt_h = static_cast<float>(1.0 / std::sqrt(static_cast<double>(h)));
-  for (std::int64_t t = 0; t < t_count; ++t)
-    for (std::int64_t i = 0; i < h; ++i) z[t * h + i] = ((r[t * h + i] * rstd[t]) * scale[i]) * inv_sqrt_h;
-}
-
-void check_router_params(const char* op, const Tensor& r, const Tensor& scale, const Tensor& proj,
-                         const Tensor& per_expert_scale) {
-  DG_CHECK(r.ndim() == 2, "{}: r should be [T, H], got {}", op, r.describe());
-  DG_CHECK(proj.ndim() == 2, "{}: proj should be [E, H], got {}", op, proj.describe());
-  const std::int64_t h = r.size(1), e = proj.size(0);
-  expect(op, "r", r, DType::F32, {r.size(0), h});
-  expect(op, "scale", scale, DType::F32, {h});
-  expect(op, "proj", proj, DType::F32, {e, h});
-  expect(op, "per_expert_scale", per_expert_scale, DType::F32, {e});
-}
-
 // ---- shape checks of the device path (dtypes are checked by dg::cuda; the CPU path keeps its own
 // dtype-and-shape checks and messages) ----
 
 void expect_shape(const char* op, const char* name, const Tensor& t, const Shape& shape) {
   if (!t.defined() || t.shape() != shape)
     fail("{}: {} should be {}, got {}", op, name, shape_str(shape), t.defined() ? t.describe() : std::string("nothing"));
-}
-
-// r [T,H], scale [H], proj [E,H], per_expert_scale [E], expert_ids [T,k]; returns k.
-std::int64_t check_router_shapes(const char* op, const Tensor& r, const Tensor& scale, const Tensor& proj,
-                                 const Tensor& per_expert_scale, const Tensor& expert_ids) {
-  DG_CHECK(r.ndim() == 2, "{}: r should be [T, H], got {}", op, r.describe());
-  DG_CHECK(proj.ndim() == 2, "{}: proj should be [E, H], got {}", op, proj.describe());
-  DG_CHECK(expert_ids.ndim() == 2, "{}: expert_ids should be [T, k], got {}", op, expert_ids.describe());
-  const std::int64_t t_count = r.size(0), h = r.size(1), e = proj.size(0), k = expert_ids.size(1);
-  expect_shape(op, "scale", scale, {h});
-  expect_shape(op, "proj", proj, {e, h});
-  expect_shape(op, "per_expert_scale", per_expert_scale, {e});
-  expect_shape(op, "expert_ids", expert_ids, {t_count, k});
-  DG_CHECK(k >= 1 && k <= e, "{}: top-k {} must lie in [1, E = {}]", op, k, e);
-  return k;
 }
 
 // slot_row [T,k] for T = t_count; returns k.
@@ -78,180 +45,6 @@ bool mask_keeps(const Tensor& mask, std::int64_t t) {
 }
 
 }  // namespace
-
-// ---- Router ---------------------------------------------------------------------------------------
-
-void moe_router(const Tensor& r, const Tensor& scale, const Tensor& proj, const Tensor& per_expert_scale,
-                Tensor& expert_ids, Tensor& routing_weights, Tensor& probs, Tensor& rstd, float eps) {
-  const char* op = "moe_router";
-  if (any_on_cuda({&r, &scale, &proj, &per_expert_scale, &expert_ids, &routing_weights, &probs, &rstd})) {
-    require_cuda(op, {&r, &scale, &proj, &per_expert_scale, &expert_ids, &routing_weights, &probs, &rstd});
-    const std::int64_t k = check_router_shapes(op, r, scale, proj, per_expert_scale, expert_ids);
-    const std::int64_t t_count = r.size(0), e = proj.size(0);
-    expect_shape(op, "routing_weights", routing_weights, {t_count, k});
-    expect_shape(op, "probs", probs, {t_count, e});
-    expect_shape(op, "rstd", rstd, {t_count});
-    cuda::moe_router(r, scale, proj, per_expert_scale, expert_ids, routing_weights, probs, rstd, eps);
-    return;
-  }
-  require_cpu(op, {&r, &scale, &proj, &per_expert_scale, &expert_ids, &routing_weights, &probs, &rstd});
-  check_router_params(op, r, scale, proj, per_expert_scale);
-  DG_CHECK(expert_ids.ndim() == 2, "{}: expert_ids should be [T, k], got {}", op, expert_ids.describe());
-  const std::int64_t t_count = r.size(0), h = r.size(1), e = proj.size(0), k = expert_ids.size(1);
-  DG_CHECK(k >= 1 && k <= e, "{}: top-k {} must lie in [1, E = {}]", op, k, e);
-  expect(op, "expert_ids", expert_ids, DType::I32, {t_count, k});
-  expect(op, "routing_weights", routing_weights, DType::F32, {t_count, k});
-  expect(op, "probs", probs, DType::F32, {t_count, e});
-  expect(op, "rstd", rstd, DType::F32, {t_count});
-  if (t_count == 0) return;
-
-  const float* pr = r.data<float>();
-  float* prstd = rstd.data<float>();
-  for (std::int64_t t = 0; t < t_count; ++t) {
-    double ss = 0;
-    for (std::int64_t i = 0; i < h; ++i) ss += static_cast<double>(pr[t * h + i]) * pr[t * h + i];
-    const float ms = static_cast<float>(ss / static_cast<double>(h)) + eps;
-    prstd[t] = std::pow(ms, -0.5f);  // pow, not rsqrt, as model.md §3.1
-  }
-  std::vector<float> z(static_cast<std::size_t>(t_count * h));
-  router_input(pr, prstd, scale.data<float>(), t_count, h, z.data());
-  float* pp = probs.data<float>();  // logits first, softmax in place
-  cpu::sgemm(false, true, t_count, e, h, 1.0f, z.data(), h, proj.data<float>(), h, 0.0f, pp, e);
-
-  const float* pes = per_expert_scale.data<float>();
-  std::int32_t* ids = expert_ids.data<std::int32_t>();
-  float* w = routing_weights.data<float>();
-  std::vector<char> taken(static_cast<std::size_t>(e));
-  for (std::int64_t t = 0; t < t_count; ++t) {
-    float* p = pp + t * e;
-    float m = p[0];
-    for (std::int64_t x = 0; x < e; ++x) {
-      if (!std::isfinite(p[x])) fail("{}: router logit of token {} for expert {} is {}", op, t, x, p[x]);
-      m = std::max(m, p[x]);
-    }
-    double sum = 0;
-    for (std::int64_t x = 0; x < e; ++x) sum += p[x] = std::exp(p[x] - m);
-    const float inv = static_cast<float>(1.0 / sum);
-    for (std::int64_t x = 0; x < e; ++x) p[x] *= inv;
-
-    // top-k by repeated selection: strict '>' keeps the lower expert id on equal probabilities
-    std::fill(taken.begin(), taken.end(), 0);
-    float picked_sum = 0;
-    for (std::int64_t j = 0; j < k; ++j) {
-      std::int64_t best = -1;
-      for (std::int64_t x = 0; x < e; ++x)
-        if (!taken[x] && (best < 0 || p[x] > p[best])) best = x;
-      taken[best] = 1;
-      ids[t * k + j] = static_cast<std::int32_t>(best);
-      w[t * k + j] = p[best];
-      picked_sum += p[best];
-    }
-    const float denom = std::max(picked_sum, 1e-20f);
-    for (std::int64_t j = 0; j < k; ++j) w[t * k + j] = (w[t * k + j] / denom) * pes[ids[t * k + j]];
-  }
-}
-
-void moe_router_backward(const Tensor& r, const Tensor& scale, const Tensor& proj, const Tensor& per_expert_scale,
-                         const Tensor& expert_ids, const Tensor& probs, const Tensor& rstd,
-                         const Tensor& d_routing_weights, Tensor& dr, const RouterGrads& grads) {
-  const char* op = "moe_router_backward";
-  if (any_on_cuda({&r, &scale, &proj, &per_expert_scale, &expert_ids, &probs, &rstd, &d_routing_weights, &dr,
-                   grads.scale, grads.proj, grads.per_expert_scale})) {
-    require_cuda(op, {&r, &scale, &proj, &per_expert_scale, &expert_ids, &probs, &rstd, &d_routing_weights, &dr,
-                      grads.scale, grads.proj, grads.per_expert_scale});
-    const std::int64_t k = check_router_shapes(op, r, scale, proj, per_expert_scale, expert_ids);
-    const std::int64_t t_count = r.size(0), h = r.size(1), e = proj.size(0);
-    expect_shape(op, "probs", probs, {t_count, e});
-    expect_shape(op, "rstd", rstd, {t_count});
-    expect_shape(op, "d_routing_weights", d_routing_weights, {t_count, k});
-    expect_shape(op, "dr", dr, {t_count, h});
-    if (grads.scale) expect_shape(op, "grads.scale", *grads.scale, {h});
-    if (grads.proj) expect_shape(op, "grads.proj", *grads.proj, {e, h});
-    if (grads.per_expert_scale) expect_shape(op, "grads.per_expert_scale", *grads.per_expert_scale, {e});
-    cuda::moe_router_backward(r, scale, proj, per_expert_scale, expert_ids, probs, rstd, d_routing_weights, dr, grads);
-    return;
-  }
-  require_cpu(op, {&r, &scale, &proj, &per_expert_scale, &expert_ids, &probs, &rstd, &d_routing_weights, &dr,
-                   grads.scale, grads.proj, grads.per_expert_scale});
-  check_router_params(op, r, scale, proj, per_expert_scale);
-  DG_CHECK(expert_ids.ndim() == 2, "{}: expert_ids should be [T, k], got {}", op, expert_ids.describe());
-  const std::int64_t t_count = r.size(0), h = r.size(1), e = proj.size(0), k = expert_ids.size(1);
-  expect(op, "expert_ids", expert_ids, DType::I32, {t_count, k});
-  expect(op, "probs", probs, DType::F32, {t_count, e});
-  expect(op, "rstd", rstd, DType::F32, {t_count});
-  expect(op, "d_routing_weights", d_routing_weights, DType::F32, {t_count, k});
-  expect(op, "dr", dr, DType::F32, {t_count, h});
-  if (grads.scale) expect(op, "grads.scale", *grads.scale, DType::F32, {h});
-  if (grads.proj) expect(op, "grads.proj", *grads.proj, DType::F32, {e, h});
-  if (grads.per_expert_scale) expect(op, "grads.per_expert_scale", *grads.per_expert_scale, DType::F32, {e});
-  if (t_count == 0) return;
-
-  const std::int32_t* ids = expert_ids.data<std::int32_t>();
-  const float* pp = probs.data<float>();
-  const float* pes = per_expert_scale.data<float>();
-  const float* dw = d_routing_weights.data<float>();
-  for (std::int64_t i = 0; i < t_count * k; ++i)
-    if (ids[i] < 0 || ids[i] >= e) fail("{}: expert id {} at [{}, {}] outside [0, {})", op, ids[i], i / k, i % k, e);
-
-  // d(logits) [T,E] = P ⊙ (dP - <P, dP>), dP nonzero only on the k chosen experts, where
-  // dp_j = (dq_j - Σ_i dq_i q_i) / s for q = p / s and dq_j = dw_j · per_expert_scale[id_j].
-  // The forward's 1e-20 clamp on s never binds: the largest of E probabilities is >= 1/E.
-  std::vector<float> dlogits(static_cast<std::size_t>(t_count * e));
-  float* dpes = grads.per_expert_scale ? grads.per_expert_scale->data<float>() : nullptr;
-  std::vector<float> dq(static_cast<std::size_t>(k));
-  for (std::int64_t t = 0; t < t_count; ++t) {
-    const float* p = pp + t * e;
-    const std::int32_t* id = ids + t * k;
-    float s = 0;
-    for (std::int64_t j = 0; j < k; ++j) s += p[id[j]];
-    const float denom = std::max(s, 1e-20f);
-    double dq_dot_q = 0;
-    for (std::int64_t j = 0; j < k; ++j) {
-      const float q = p[id[j]] / denom;
-      dq[j] = dw[t * k + j] * pes[id[j]];
-      dq_dot_q += static_cast<double>(dq[j]) * q;
-      if (dpes) dpes[id[j]] += dw[t * k + j] * q;
-    }
-    float* dl = dlogits.data() + t * e;
-    std::fill(dl, dl + e, 0.0f);
-    double p_dot_dp = 0;
-    for (std::int64_t j = 0; j < k; ++j) {
-      const float dp = static_cast<float>((dq[j] - dq_dot_q) / denom);
-      dl[id[j]] = dp;
-      p_dot_dp += static_cast<double>(p[id[j]]) * dp;
-    }
-    for (std::int64_t x = 0; x < e; ++x) dl[x] = p[x] * (dl[x] - static_cast<float>(p_dot_dp));
-  }
-
-  // dz [T,H] = dlogits @ proj (kept in dr), d proj += dlogitsᵀ @ z
-  float* pdr = dr.data<float>();
-  cpu::sgemm(false, false, t_count, h, e, 1.0f, dlogits.data(), e, proj.data<float>(), h, 0.0f, pdr, h);
-  const float* pr = r.data<float>();
-  const float* prstd = rstd.data<float>();
-  const float* psc = scale.data<float>();
-  if (grads.proj) {
-    std::vector<float> z(static_cast<std::size_t>(t_count * h));
-    router_input(pr, prstd, psc, t_count, h, z.data());
-    cpu::sgemm(true, false, e, h, t_count, 1.0f, dlogits.data(), e, z.data(), h, 1.0f, grads.proj->data<float>(), h);
-  }
-
-  // z = (x̂ ⊙ scale)·c with x̂ = r·rstd: d scale += Σ_t dz ⊙ x̂ · c; dx̂ = dz ⊙ scale · c;
-  // dr = rstd · (dx̂ - x̂ · mean_h(dx̂ ⊙ x̂)).
-  const float inv_sqrt_h = static_cast<float>(1.0 / std::sqrt(static_cast<double>(h)));
-  float* dsc = grads.scale ? grads.scale->data<float>() : nullptr;
-  for (std::int64_t t = 0; t < t_count; ++t) {
-    float* row = pdr + t * h;
-    double dot = 0;
-    for (std::int64_t i = 0; i < h; ++i) {
-      const float xhat = pr[t * h + i] * prstd[t];
-      if (dsc) dsc[i] += row[i] * xhat * inv_sqrt_h;
-      row[i] = row[i] * psc[i] * inv_sqrt_h;  // dx̂
-      dot += static_cast<double>(row[i]) * xhat;
-    }
-    const float mean = static_cast<float>(dot / static_cast<double>(h));
-    for (std::int64_t i = 0; i < h; ++i) row[i] = prstd[t] * (row[i] - pr[t * h + i] * prstd[t] * mean);
-  }
-}
 
 // ---- Permutation ------------------------------------------------------------------------------------
 
@@ -345,10 +138,10 @@ void moe_gather(const Tensor& x, const Tensor& row_token, Tensor& xp) {
   const std::int32_t* rt = row_token.data<std::int32_t>();
   const float* px = x.data<float>();
   float* out = xp.data<float>();
-  for (std::int64_t i = 0; i < n; ++i) {
+  for (std::int64_t i = 0; i < n; ++i)
     if (rt[i] < 0 || rt[i] >= t_count) fail("{}: row {} comes from token {}, outside [0, {})", op, i, rt[i], t_count);
-    std::copy(px + rt[i] * h, px + (rt[i] + 1) * h, out + i * h);
-  }
+  cpu::parallel_for("moe.gather.rows", n, h,
+                    [&](std::int64_t i) { std::copy(px + rt[i] * h, px + (rt[i] + 1) * h, out + i * h); });
 }
 
 namespace {
@@ -385,7 +178,7 @@ void moe_gather_backward(const Tensor& dxp, const Tensor& slot_row, Tensor& dx) 
   const std::int32_t* sr = slot_row.data<std::int32_t>();
   const float* g = dxp.data<float>();
   float* out = dx.data<float>();
-  for (std::int64_t t = 0; t < t_count; ++t) {
+  cpu::parallel_for("moe.gather_backward.rows", t_count, k * h, [&](std::int64_t t) {
     float* row = out + t * h;
     std::fill(row, row + h, 0.0f);
     for (std::int64_t j = 0; j < k; ++j) {
@@ -393,7 +186,7 @@ void moe_gather_backward(const Tensor& dxp, const Tensor& slot_row, Tensor& dx) 
       if (i < 0) continue;
       for (std::int64_t c = 0; c < h; ++c) row[c] += g[i * h + c];
     }
-  }
+  });
 }
 
 // ---- Combine ----------------------------------------------------------------------------------------
@@ -422,7 +215,7 @@ void moe_combine(const Tensor& y, const Tensor& routing_weights, const Tensor& s
   const float* w = routing_weights.data<float>();
   const float* py = y.data<float>();
   float* po = out.data<float>();
-  for (std::int64_t t = 0; t < t_count; ++t) {
+  cpu::parallel_for("moe.combine.rows", t_count, 2 * k * h, [&](std::int64_t t) {
     float* row = po + t * h;
     std::fill(row, row + h, 0.0f);
     for (std::int64_t j = 0; j < k; ++j) {
@@ -431,7 +224,7 @@ void moe_combine(const Tensor& y, const Tensor& routing_weights, const Tensor& s
       const float wj = w[t * k + j];
       for (std::int64_t c = 0; c < h; ++c) row[c] += wj * py[i * h + c];
     }
-  }
+  });
 }
 
 void moe_combine_backward(const Tensor& dout, const Tensor& y, const Tensor& routing_weights,
@@ -465,16 +258,21 @@ void moe_combine_backward(const Tensor& dout, const Tensor& y, const Tensor& rou
   const float* g = dout.data<float>();
   float* pdy = dy.data<float>();
   float* pdw = d_routing_weights.data<float>();
-  std::vector<char> written(static_cast<std::size_t>(n), 0);
-  for (std::int64_t t = 0; t < t_count; ++t)
+  std::vector<char> written(static_cast<std::size_t>(n), 0);  // each permuted row: the target of one slot
+  for (std::int64_t s = 0; s < t_count * k; ++s) {
+    if (sr[s] < 0) continue;
+    if (written[sr[s]]) fail("{}: permuted row {} is the target of more than one slot", op, sr[s]);
+    written[sr[s]] = 1;
+  }
+  for (std::int64_t i = 0; i < n; ++i)
+    if (!written[i]) fail("{}: permuted row {} belongs to no slot", op, i);
+  cpu::parallel_for("moe.combine_backward.rows", t_count, 3 * k * h, [&](std::int64_t t) {
     for (std::int64_t j = 0; j < k; ++j) {
       const std::int32_t i = sr[t * k + j];
       if (i < 0) {
         pdw[t * k + j] = 0.0f;
         continue;
       }
-      if (written[i]) fail("{}: permuted row {} is the target of more than one slot", op, i);
-      written[i] = 1;
       double acc = 0;
       for (std::int64_t c = 0; c < h; ++c) {
         pdy[i * h + c] = w[t * k + j] * g[t * h + c];
@@ -482,8 +280,7 @@ void moe_combine_backward(const Tensor& dout, const Tensor& y, const Tensor& rou
       }
       pdw[t * k + j] = static_cast<float>(acc);
     }
-  for (std::int64_t i = 0; i < n; ++i)
-    if (!written[i]) fail("{}: permuted row {} belongs to no slot", op, i);
+  });
 }
 
 // ---- Grouped GEMM ---------------------------------------------------------------------------------

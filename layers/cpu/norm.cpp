@@ -3,9 +3,10 @@
 // multiplications x · rstd and · w are rounded separately in fp32, in the reference's order (§8.2).
 #include "layers/ops/norm.h"
 
+#include <algorithm>
 #include <cmath>
-#include <vector>
 
+#include "layers/cpu/parallel.h"
 #include "layers/ops.h"
 
 namespace dg {
@@ -73,7 +74,7 @@ void rms_norm(const Tensor& x, const Tensor* weight, float eps, Tensor& y, Tenso
   const float* pw = weight ? weight->data<float>() : nullptr;
   float* py = y.data<float>();
   float* pr = rstd.data<float>();
-  for (std::int64_t r = 0; r < rows; ++r) {
+  parallel_for("norm.rows", rows, 2 * d, [&](std::int64_t r) {
     const float* xr = px + r * d;
     float* yr = py + r * d;
     double ss = 0;
@@ -84,7 +85,7 @@ void rms_norm(const Tensor& x, const Tensor* weight, float eps, Tensor& y, Tenso
       for (std::int64_t i = 0; i < d; ++i) yr[i] = (xr[i] * s) * pw[i];
     else
       for (std::int64_t i = 0; i < d; ++i) yr[i] = xr[i] * s;
-  }
+  });
 }
 
 void rms_norm_backward(const Tensor& dy, const Tensor& x, const Tensor* weight, const Tensor& rstd, Tensor& dx,
@@ -95,8 +96,22 @@ void rms_norm_backward(const Tensor& dy, const Tensor& x, const Tensor* weight, 
   const float* pw = weight ? weight->data<float>() : nullptr;
   const float* pr = rstd.data<float>();
   float* pdx = dx.data<float>();
-  std::vector<double> dw(dweight ? static_cast<std::size_t>(d) : 0, 0.0);  // summed over rows in order
-  for (std::int64_t r = 0; r < rows; ++r) {
+  // dweight first (dx may alias dy): Σ over rows, in row order, of dy · x̂ per column; the columns are
+  // split over the threads in blocks of kColumns, each block's sums running over the rows
+  if (dweight) {
+    constexpr std::int64_t kColumns = 64;
+    float* pdw = dweight->data<float>();
+    parallel_for("norm.backward.dweight", (d + kColumns - 1) / kColumns, kColumns * rows, [&](std::int64_t blk) {
+      const std::int64_t i0 = blk * kColumns, i1 = std::min(d, i0 + kColumns);
+      double dw[kColumns] = {};
+      for (std::int64_t r = 0; r < rows; ++r) {
+        const double s = pr[r];
+        for (std::int64_t i = i0; i < i1; ++i) dw[i - i0] += double(pdy[r * d + i]) * (double(px[r * d + i]) * s);
+      }
+      for (std::int64_t i = i0; i < i1; ++i) pdw[i] += static_cast<float>(dw[i - i0]);
+    });
+  }
+  parallel_for("norm.backward.rows", rows, 3 * d, [&](std::int64_t r) {
     const float* dyr = pdy + r * d;
     const float* xr = px + r * d;
     float* dxr = pdx + r * d;
@@ -106,7 +121,6 @@ void rms_norm_backward(const Tensor& dy, const Tensor& x, const Tensor* weight, 
       const double xh = double(xr[i]) * s;
       const double g = pw ? double(dyr[i]) * double(pw[i]) : double(dyr[i]);
       c += g * xh;
-      if (dweight) dw[static_cast<std::size_t>(i)] += double(dyr[i]) * xh;
     }
     c /= double(d);
     for (std::int64_t i = 0; i < d; ++i) {
@@ -114,11 +128,7 @@ void rms_norm_backward(const Tensor& dy, const Tensor& x, const Tensor* weight, 
       const double g = pw ? double(dyr[i]) * double(pw[i]) : double(dyr[i]);
       dxr[i] = static_cast<float>(s * (g - xh * c));
     }
-  }
-  if (dweight) {
-    float* pdw = dweight->data<float>();
-    for (std::int64_t i = 0; i < d; ++i) pdw[i] += static_cast<float>(dw[static_cast<std::size_t>(i)]);
-  }
+  });
 }
 
 }  // namespace cpu

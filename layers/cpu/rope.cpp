@@ -5,6 +5,7 @@
 
 #include <cmath>
 
+#include "layers/cpu/parallel.h"
 #include "layers/ops.h"
 
 namespace dg {
@@ -37,7 +38,7 @@ void rotate(const Tensor& x, const Tensor& cos, const Tensor& sin, Tensor& y, fl
   const float* pc = cos.data<float>();
   const float* ps = sin.data<float>();
   float* py = y.data<float>();
-  for (std::int64_t t = 0; t < tokens; ++t) {
+  cpu::parallel_for("rope.tokens", tokens, heads * 2 * half, [&](std::int64_t t) {
     const float* c = pc + t * half;
     const float* s = ps + t * half;
     for (std::int64_t h = 0; h < heads; ++h) {
@@ -49,7 +50,7 @@ void rotate(const Tensor& x, const Tensor& cos, const Tensor& sin, Tensor& y, fl
         yr[j + half] = x2 * c[j] + x1 * sj;
       }
     }
-  }
+  });
 }
 
 }  // namespace
@@ -128,15 +129,16 @@ void rope_table(const Tensor& positions, const Tensor& inv_freq, Tensor& cos, Te
   const float* f = inv_freq.data<float>();
   float* pc = cos.data<float>();
   float* ps = sin.data<float>();
-  for (std::int64_t t = 0; t < tokens; ++t) {
+  for (std::int64_t t = 0; t < tokens; ++t)
     if (pos[t] < 0) fail("rope_table: position {} of token {} is negative", pos[t], t);
+  parallel_for("rope.table", tokens, 40 * half, [&](std::int64_t t) {
     const float p = static_cast<float>(pos[t]);  // fp32(position), as the reference
     for (std::int64_t j = 0; j < half; ++j) {
       const float angle = p * f[j];  // the reference's fp32 product
       pc[t * half + j] = static_cast<float>(std::cos(double(angle)));
       ps[t * half + j] = static_cast<float>(std::sin(double(angle)));
     }
-  }
+  });
 }
 
 void rope(const Tensor& x, const Tensor& cos, const Tensor& sin, Tensor& y) { rotate(x, cos, sin, y, 1.f); }

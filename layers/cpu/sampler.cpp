@@ -17,6 +17,7 @@
 
 #include "layers/cpu/check.h"
 #include "layers/cpu/head_chunk.h"
+#include "layers/cpu/parallel.h"
 #include "layers/cpu/vmath.h"
 #include "layers/ops.h"
 
@@ -232,18 +233,21 @@ void lm_head_sampler_pass(const float* h, std::int64_t t_count, std::int64_t hdi
   for (std::int64_t j = 0; j < ps.n_chunks; ++j) {
     const std::int64_t v0 = ps.v0(j), vc = ps.width(j);
     lm_head_chunk_logits(h, t_count, hdim, emb, v0, vc, cap, temperature, lg.data());
-    for (std::int64_t t = 0; t < t_count; ++t) {
+    parallel_for("sampler.fold.rows", t_count, 12 * vc, [&](std::int64_t t) {
       const double rescale = fold_chunk(st[static_cast<std::size_t>(t)], lg.data() + t * vc, vc, v0, p.data() + t * vc,
                                         mass[static_cast<std::size_t>(t * ps.n_chunks + j)]);
       if (out.soft && rescale != 1.0)
         for (std::int64_t i = t * hdim; i < (t + 1) * hdim; ++i) acc[static_cast<std::size_t>(i)] *= rescale;
-    }
+    });
     if (!out.soft) continue;
     sgemm(false, false, t_count, hdim, vc, 1.0f, p.data(), vc, emb + v0 * hdim, hdim, 0.0f, part.data(), hdim);
-    for (std::size_t i = 0; i < acc.size(); ++i) acc[i] += part[i];
+    parallel_for("sampler.soft.accumulate", t_count, hdim, [&](std::int64_t t) {
+      for (std::size_t i = static_cast<std::size_t>(t * hdim); i < static_cast<std::size_t>((t + 1) * hdim); ++i)
+        acc[i] += part[i];
+    });
   }
   std::vector<float> lse(rows);
-  for (std::int64_t t = 0; t < t_count; ++t) {
+  parallel_for("sampler.finish.rows", t_count, out.soft ? 2 * hdim : 1, [&](std::int64_t t) {
     const RowStats& r = st[static_cast<std::size_t>(t)];
     lse[static_cast<std::size_t>(t)] = static_cast<float>(static_cast<double>(r.m) + std::log(r.s));
     if (out.entropy) out.entropy[t] = static_cast<float>(std::max(0.0, std::log(r.s) - r.a / r.s));
@@ -252,7 +256,7 @@ void lm_head_sampler_pass(const float* h, std::int64_t t_count, std::int64_t hdi
     if (out.soft)
       for (std::int64_t i = t * hdim; i < (t + 1) * hdim; ++i)
         out.soft[i] = static_cast<float>(acc[static_cast<std::size_t>(i)] / r.s * out.scale);
-  }
+  });
   if (out.sampled) sample_rows(ps, mass, lse, out.uniforms, lg.data(), out.sampled);
 }
 
