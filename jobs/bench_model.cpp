@@ -5,7 +5,8 @@
 //   encoder forward   encode() of a [batch, prompt-len] prompt batch into a fresh KV cache
 //   decoder forward   decode() of one [batch, canvas] canvas over that cache (no self-conditioning input)
 //   generation step   one denoising step of generate() (decoder, the sampler's vocabulary pass, entropy-bound
-//                     acceptance, renoise, stop flags), as `dgemma generate` runs it (batch-invariant GEMMs):
+//                     acceptance, renoise, stop flags), as `dgemma generate` runs it (batch-invariant GEMMs,
+//                     constant weights packed once: layers/gemm_weights.h):
 //                     the time between two of generate()'s per-step progress calls; the stopping rule is
 //                     set so that no row stops, so every interval is a full step of the whole batch
 //   sft step          one `dgemma sft` optimizer step of one micro-batch of [batch, prompt-len + canvas]
@@ -30,6 +31,7 @@
 #include "jobs/jobs.h"
 #include "jobs/log.h"
 #include "jobs/model_load.h"
+#include "layers/gemm_weights.h"
 #include "layers/generation.h"
 #include "layers/init.h"
 #include "layers/ops.h"
@@ -190,6 +192,9 @@ std::vector<double> time_generation_step(const BenchModel& m, const std::vector<
     reqs.push_back({{prompts.begin() + b * L, prompts.begin() + (b + 1) * L}, static_cast<std::uint64_t>(b), -1});
   const bool was_invariant = batch_invariant();
   set_batch_invariant(true);  // `dgemma generate`'s default
+  std::vector<Tensor> weights;  // and, as there, the weights packed once (their first use is the untimed step)
+  for (const NamedTensor& t : model_tensors(m.c, m.w)) weights.push_back(t.tensor);
+  const ConstantWeights packed_weights(weights);
   std::vector<double> steps;
   Clock::time_point last{};
   generate(m.c, m.w, reqs, g, [&](std::int64_t) {

@@ -11,6 +11,7 @@ PACKAGES=(
   libboost-program-options-dev          # command line and INI job files
   libfmt-dev nlohmann-json3-dev doctest-dev
   libopenblas-dev                       # CPU GEMM
+  libdnnl-dev                           # packed constant weights (oneDNN; -DDGEMMA_ONEDNN=OFF to do without)
 )
 
 missing=()

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <limits>
 
+#include "layers/gemm_weights.h"
 #include "tests/gemm_reference.h"
 
 using namespace dg;
@@ -97,6 +98,61 @@ TEST_CASE("cpu gemm, batch-invariant mode: a row's bits do not depend on its bat
     Tensor ref = Tensor::empty({m, n}, DType::F32);
     gemm_reference(a, w, ref, {.trans_b = tb});
     CHECK(max_abs_diff(full, ref) < 1e-4);
+  }
+  set_batch_invariant(false);
+}
+
+// Constant weights (layers/gemm_weights.h): in batch-invariant mode a registered B of >= 65536 elements runs
+// on its packed copy (oneDNN builds). Same promises as above (row bits independent of the batch mates and
+// of the thread count; the reference within tolerance), and nothing stale once the scope is gone.
+TEST_CASE("cpu gemm, batch-invariant mode on constant (packed) weights") {
+  const std::int64_t m = 37, n = 256, k = 300;
+  static_assert(n * k >= kMinPackedWeightElements);
+  const double kTol = 5e-4;  // K = 300 (see the top of the file)
+  const Tensor a = random_tensor({m, k}, 21);
+  Tensor fused = random_tensor({2 * n, k}, 22);  // [2n, k]: two row views, like a fused gate_up weight
+  Tensor bnn = random_tensor({k, n}, 23);
+  const int threads = cpu_threads();
+  set_batch_invariant(true);
+  for (bool tb : {false, true}) {
+    CAPTURE(tb);
+    // tb: B = the whole fused weight, registered as its two halves; otherwise a plain [k, n] weight
+    Tensor w = tb ? fused : bnn;
+    const std::int64_t wn = tb ? 2 * n : n;
+    Tensor full = Tensor::empty({m, wn}, DType::F32), ref = Tensor::empty({m, wn}, DType::F32);
+    gemm_reference(a, w, ref, {.trans_b = tb});
+    {
+      const ConstantWeights constant(tb ? std::vector<Tensor>{fused.rows(0, n), fused.rows(n, 2 * n)}
+                                        : std::vector<Tensor>{bnn});
+      gemm(a, w, full, {.trans_b = tb});
+      CHECK(max_abs_diff(full, ref) < kTol);
+      for (auto [first, rows] : {std::pair<std::int64_t, std::int64_t>{0, 1}, {5, 1}, {3, 7}, {30, 7}, {1, 32}}) {
+        CAPTURE(first);
+        CAPTURE(rows);
+        Tensor part = Tensor::empty({rows, wn}, DType::F32);
+        gemm(a.rows(first, first + rows), w, part, {.trans_b = tb});
+        CHECK(std::memcmp(part.raw(), full.data<float>() + first * wn, static_cast<std::size_t>(rows * wn) * 4) == 0);
+      }
+      set_cpu_threads(2);
+      Tensor two = Tensor::empty({m, wn}, DType::F32);
+      gemm(a, w, two, {.trans_b = tb});
+      set_cpu_threads(threads);
+      CHECK(std::memcmp(two.raw(), full.raw(), full.nbytes()) == 0);
+      // accumulation (beta = 1) and alpha on the same weight
+      Tensor acc = full.clone(), acc_ref = full.clone();
+      gemm(a, w, acc, {.trans_b = tb, .alpha = 0.5f, .beta = 1.0f});
+      gemm_reference(a, w, acc_ref, {.trans_b = tb, .alpha = 0.5f, .beta = 1.0f});
+      CHECK(max_abs_diff(acc, acc_ref) < kTol);
+    }
+    // The scope is gone: the weight may change, and a new scope on the same memory packs the new values.
+    w.data<float>()[0] += 1.0f;
+    w.data<float>()[w.numel() - 1] -= 1.0f;
+    gemm_reference(a, w, ref, {.trans_b = tb});
+    gemm(a, w, full, {.trans_b = tb});
+    CHECK(max_abs_diff(full, ref) < kTol);
+    const ConstantWeights again({w});
+    gemm(a, w, full, {.trans_b = tb});
+    CHECK(max_abs_diff(full, ref) < kTol);
   }
   set_batch_invariant(false);
 }

@@ -1,13 +1,26 @@
-// CPU GEMM on OpenBLAS (row-major cblas_sgemm), batched by a loop over strided entries.
+// CPU GEMM on OpenBLAS (row-major cblas_sgemm), batched by a loop over strided entries; in batch-invariant
+// mode, constant weights (layers/gemm_weights.h) on oneDNN's matmul with B packed once (DGEMMA_ONEDNN).
 #include <cblas.h>
 
 #include <algorithm>
 #include <cstdlib>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <new>
+#include <string_view>
+#include <tuple>
+#include <unordered_map>
 #include <vector>
 
+#include "layers/gemm_weights.h"
 #include "layers/ops.h"
+
+#if defined(DGEMMA_ONEDNN)
+#include <omp.h>
+
+#include <dnnl.hpp>
+#endif
 
 namespace dg {
 
@@ -58,19 +71,154 @@ void blas(bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, std::int64
               static_cast<blasint>(lda), b, static_cast<blasint>(ldb), beta, c, static_cast<blasint>(ldc));
 }
 
+// ---- Constant weights, packed once (layers/gemm_weights.h) ------------------------------------------
+// The registered element ranges, by start address. A B is constant when the ranges cover its whole extent
+// (one range, or adjacent ones: the gate and up row views of a fused gate_up weight).
+struct ConstantRange {
+  std::int64_t id;
+  const char* end;
+};
+std::mutex g_constants_mu;
+std::multimap<const char*, ConstantRange> g_constants;
+std::int64_t g_next_constant_id = 0;
+
+#if defined(DGEMMA_ONEDNN)
+bool is_constant(const float* b, std::int64_t extent) {
+  const char* pos = reinterpret_cast<const char*>(b);
+  const char* const hi = reinterpret_cast<const char*>(b + extent);
+  std::lock_guard<std::mutex> lock(g_constants_mu);
+  while (pos < hi) {  // extend the covered prefix [b, pos) by the range reaching furthest from inside it
+    const char* reach = pos;
+    for (auto it = g_constants.begin(); it != g_constants.end() && it->first <= pos; ++it)
+      reach = std::max(reach, it->second.end);
+    if (reach == pos) return false;
+    pos = reach;
+  }
+  return true;
+}
+
+// One matmul primitive per (B layout, N, K, alpha, beta), of shape [kInvariantRows, N, K] with its
+// weights in the layout the primitive prefers (format_tag::any), and per constant B its reordered copy.
+// Entries live until the last ConstantWeights is destroyed.
+struct PackKey {
+  bool tb;
+  std::int64_t n, k, ldb;
+  float alpha, beta;
+  auto tie() const { return std::tie(tb, n, k, ldb, alpha, beta); }
+  bool operator<(const PackKey& o) const { return tie() < o.tie(); }
+};
+struct PackedMatmul {
+  bool use = false;  // oneDNN chose its brgemm kernels (AVX-512 and up); otherwise OpenBLAS is as fast or faster
+  dnnl::matmul prim;
+  dnnl::memory::desc b_user, b_packed;
+  dnnl::memory a, c;
+};
+struct PackCache {
+  std::map<PackKey, std::unique_ptr<PackedMatmul>> prims;
+  std::map<std::pair<PackKey, const float*>, dnnl::memory> packed_b;
+};
+PackCache& pack_cache() {
+  static PackCache cache;
+  return cache;
+}
+dnnl::engine& dnnl_engine() {
+  static dnnl::engine e(dnnl::engine::kind::cpu, 0);
+  return e;
+}
+#endif
+
+// Row tiles of the batch-invariant form (sgemm_row_tiles).
+constexpr std::int64_t kInvariantRows = 16;
+
+#if defined(DGEMMA_ONEDNN)
+// Runs the tiles of sgemm_row_tiles on the packed copy of B; false when B is not a constant weight, is too
+// small to gain, or oneDNN has no brgemm kernel on this CPU (its fallback is slower than OpenBLAS), so that
+// OpenBLAS runs them.
+bool packed_row_tiles(bool trans_b, std::int64_t m, std::int64_t n, std::int64_t k, float alpha, const float* a,
+                      std::int64_t lda, const float* b, std::int64_t ldb, float beta, float* c, std::int64_t ldc,
+                      float* ta, float* tc) {
+  if (n * k < kMinPackedWeightElements) return false;
+  if (!is_constant(b, trans_b ? (n - 1) * ldb + k : (k - 1) * ldb + n)) return false;
+  // One thread, whatever cpu_threads(): oneDNN threads with OpenMP, whose spinning workers and OpenBLAS's
+  // (pthreads, which spin too) take each other's cores between calls (2-thread generation of the small
+  // model ran at 6-8 tokens/s instead of 20-50). On one thread the packed GEMM is about as fast as OpenBLAS
+  // on two at these shapes, and its results cannot depend on the thread count. (oneDNN sizes its work for
+  // omp_get_max_threads(); the other OpenMP loops name their thread counts.)
+  struct OneOmpThread {
+    int before = omp_get_max_threads();
+    OneOmpThread() { if (before != 1) omp_set_num_threads(1); }
+    ~OneOmpThread() { if (before != 1) omp_set_num_threads(before); }
+  } one_thread;
+  using dims = dnnl::memory::dims;
+  const auto f32 = dnnl::memory::data_type::f32;
+  const PackKey key{trans_b, n, k, ldb, alpha, beta};
+  thread_local dnnl::stream stream(dnnl_engine());
+  PackCache& cache = pack_cache();
+  std::lock_guard<std::mutex> lock(g_constants_mu);
+  std::unique_ptr<PackedMatmul>& mm = cache.prims[key];
+  if (!mm) {
+    const dnnl::memory::desc a_md(dims{kInvariantRows, k}, f32, dims{k, 1});
+    const dnnl::memory::desc c_md(dims{kInvariantRows, n}, f32, dims{n, 1});
+    const dnnl::memory::desc b_any(dims{k, n}, f32, dnnl::memory::format_tag::any);
+    dnnl::primitive_attr attr;
+    if (alpha != 1.0f) attr.set_output_scales(0, {alpha});
+    if (beta != 0.0f) {
+      dnnl::post_ops ops;
+      ops.append_sum(beta);
+      attr.set_post_ops(ops);
+    }
+    try {
+      const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(a_md, b_any, c_md), attr, dnnl_engine());
+      mm = std::make_unique<PackedMatmul>(PackedMatmul{
+          std::string_view(pd.impl_info_str()).starts_with("brg"), dnnl::matmul(pd),
+          dnnl::memory::desc(dims{k, n}, f32, trans_b ? dims{1, ldb} : dims{ldb, 1}), pd.weights_desc(),
+          dnnl::memory(a_md, dnnl_engine(), ta), dnnl::memory(c_md, dnnl_engine(), tc)});
+    } catch (const dnnl::error&) {  // no implementation for this case: OpenBLAS runs it
+      mm = std::make_unique<PackedMatmul>();
+      mm->use = false;
+    }
+  }
+  if (!mm->use) return false;
+  auto [it, fresh] = cache.packed_b.try_emplace({key, b});
+  if (fresh) {
+    dnnl::memory user(mm->b_user, dnnl_engine(), const_cast<float*>(b));
+    it->second = dnnl::memory(mm->b_packed, dnnl_engine());
+    dnnl::reorder(user, it->second).execute(stream, user, it->second);
+  }
+  mm->a.set_data_handle(ta);
+  mm->c.set_data_handle(tc);
+  const std::unordered_map<int, dnnl::memory> args{
+      {DNNL_ARG_SRC, mm->a}, {DNNL_ARG_WEIGHTS, it->second}, {DNNL_ARG_DST, mm->c}};
+  for (std::int64_t r0 = 0; r0 < m; r0 += kInvariantRows) {
+    const std::int64_t rows = std::min(kInvariantRows, m - r0);
+    for (std::int64_t i = 0; i < rows; ++i) {
+      std::copy_n(a + (r0 + i) * lda, k, ta + i * k);
+      if (beta != 0.0f) std::copy_n(c + (r0 + i) * ldc, n, tc + i * n);
+    }
+    mm->prim.execute(stream, args);
+    stream.wait();
+    for (std::int64_t i = 0; i < rows; ++i) std::copy_n(tc + i * n, n, c + (r0 + i) * ldc);
+  }
+  return true;
+}
+#endif
+
 // Batch-invariant form: A's rows go through BLAS in tiles of kInvariantRows, each tile copied into 64-byte
 // aligned scratch, so every call has the same shape [kInvariantRows, n, k] and the same alignment whatever
 // the call's row count and a row's place in it. OpenBLAS chooses its kernel, blocking and edge handling from
 // the call's shape, and its micro-kernels run the same instructions for every row of a tile, so a row's
 // result depends on that row and B only. (A tile's unused rows hold old scratch: GEMM rows do not mix.)
-// The cost: up to kInvariantRows - 1 padding rows per call, and B streamed once per tile.
-constexpr std::int64_t kInvariantRows = 16;
+// The cost: up to kInvariantRows - 1 padding rows per call, and B streamed once per tile (and, on OpenBLAS,
+// packed again for every tile: a constant B goes to packed_row_tiles instead).
 
 void sgemm_row_tiles(bool trans_b, std::int64_t m, std::int64_t n, std::int64_t k, float alpha, const float* a,
                      std::int64_t lda, const float* b, std::int64_t ldb, float beta, float* c, std::int64_t ldc) {
   thread_local AlignedScratch tile_a, tile_c;
   float* ta = tile_a.get(kInvariantRows * k);
   float* tc = tile_c.get(kInvariantRows * n);
+#if defined(DGEMMA_ONEDNN)
+  if (packed_row_tiles(trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, ta, tc)) return;
+#endif
   for (std::int64_t r0 = 0; r0 < m; r0 += kInvariantRows) {
     const std::int64_t rows = std::min(kInvariantRows, m - r0);
     for (std::int64_t i = 0; i < rows; ++i) {
@@ -110,3 +258,34 @@ void gemm(const Tensor& a, const Tensor& b, Tensor& c, const GemmOpts& o) {
 }
 
 }  // namespace dg::cpu
+
+namespace dg {
+
+ConstantWeights::ConstantWeights(const std::vector<Tensor>& tensors) {
+  std::lock_guard<std::mutex> lock(cpu::g_constants_mu);
+  for (const Tensor& t : tensors) {
+    if (!t.is_cpu() || t.dtype() != DType::F32 || t.numel() == 0) continue;
+    const char* lo = static_cast<const char*>(t.raw());
+    ids_.push_back(cpu::g_next_constant_id);
+    cpu::g_constants.emplace(lo, cpu::ConstantRange{cpu::g_next_constant_id++, lo + t.nbytes()});
+  }
+}
+
+ConstantWeights::~ConstantWeights() {
+  std::lock_guard<std::mutex> lock(cpu::g_constants_mu);
+  for (auto it = cpu::g_constants.begin(); it != cpu::g_constants.end();)
+    it = std::find(ids_.begin(), ids_.end(), it->second.id) != ids_.end() ? cpu::g_constants.erase(it) : std::next(it);
+#if defined(DGEMMA_ONEDNN)
+  // Packed copies of a B no longer covered go; the primitives stay only while some weights are registered.
+  auto& packed = cpu::pack_cache().packed_b;
+  for (auto it = packed.begin(); it != packed.end();) {
+    bool covered = false;
+    const char* b = reinterpret_cast<const char*>(it->first.second);
+    for (const auto& [lo, r] : cpu::g_constants) covered = covered || (lo <= b && b < r.end);
+    it = covered ? std::next(it) : packed.erase(it);
+  }
+  if (cpu::g_constants.empty()) cpu::pack_cache().prims.clear();
+#endif
+}
+
+}  // namespace dg

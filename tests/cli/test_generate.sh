@@ -43,6 +43,11 @@ expect 0 "malformed|parse error" -- "$DGEMMA" generate "${OPTS[@]}" --output two
 check "batch size does not change the results" cmp -s one.jsonl two.jsonl
 expect 0 "7 results written" -- "${MPI[@]}" -n 2 "$DGEMMA" generate "${OPTS[@]}" --output mpi.jsonl
 check "2 ranks give the same results as 1" cmp -s one.jsonl mpi.jsonl
+# Unpacked weights (OpenBLAS packs per call): another fp32 rounding than packed ones, batch-invariant too.
+expect 0 "pack-weights false" -- "$DGEMMA" generate "${OPTS[@]}" --output np3.jsonl --batch-size 3 --pack-weights false
+expect 0 "7 results written" -- "$DGEMMA" generate "${OPTS[@]}" --output np1.jsonl --batch-size 1 --pack-weights false
+check "unpacked weights: batch size does not change the results" cmp -s np3.jsonl np1.jsonl
+expect 2 "pack-weights" -- "$DGEMMA" generate "${OPTS[@]}" --output x.jsonl --pack-weights maybe
 
 # Resume: an interrupted run left request 0's record in the parts directory.
 mkdir -p res.jsonl.parts && head -1 one.jsonl | sed 's/^{/{"_index":0,/' > res.jsonl.parts/rank_00003.jsonl
