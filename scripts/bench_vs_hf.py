@@ -28,8 +28,8 @@ count (--threads) and repetition (--reps), runs the two sides one after the othe
                 the generation loop (model loading excluded)
   peak RSS      of each process (ru_maxrss): the model-bench process and the generate process
 
-Threads: torch.set_num_threads(N) (and OMP/MKL_NUM_THREADS) for PyTorch; OPENBLAS_NUM_THREADS=N for dgemma (its
-only multi-threaded part is OpenBLAS). The table gives HF time / dgemma time (> 1: dgemma is faster) for the min
+Threads: torch.set_num_threads(N) (and OMP/MKL_NUM_THREADS) for PyTorch; `--threads N` for dgemma (its GEMMs and
+its other CPU ops; OPENBLAS_NUM_THREADS=N is set too). The table gives HF time / dgemma time (> 1: dgemma is faster) for the min
 and the median over every timed run of every repetition; for generation and RSS the ratio of the best / median rep.
 
 Usage (the pinned packages: python3 -m venv /tmp/hfvenv && /tmp/hfvenv/bin/pip install -r
@@ -397,7 +397,8 @@ def main():
                     out_json = work / f"{name}_{n}_{rep}_{side}.json"
                     if side == "dgemma":
                         cmd = [dgemma, "bench", "--what", "model", "--model-config", mdir, "--iters", args.iters,
-                               "--batch", spec["batch"], "--prompt-len", spec["prompt_len"], "--json", out_json]
+                               "--batch", spec["batch"], "--prompt-len", spec["prompt_len"], "--json", out_json,
+                               "--threads", n]
                     else:
                         cmd = [sys.executable, __file__, "--worker", "hf", "--model", mdir, "--threads-n", n,
                                "--iters", args.iters, "--batch", spec["batch"], "--prompt-len", spec["prompt_len"],
@@ -420,7 +421,7 @@ def main():
                         outp = work / f"gen_{name}_{n}_{rep}.jsonl"
                         cmd = [dgemma, "generate", "--model", mdir, "--input", prompts, "--output", outp,
                                "--overwrite", "--batch-size", spec["gen_batch"], "--max-new-tokens", gen_new,
-                               "--max-denoising-steps", gen_steps, "--progress-seconds", 1000]
+                               "--max-denoising-steps", gen_steps, "--progress-seconds", 1000, "--threads", n]
                         log, secs, peak = run_measured([str(c) for c in cmd], env, args.timeout, "dgemma generate")
                         m = re.search(r"generated now: (\d+) tokens, (\d+) decoder passes, ([0-9.]+) tokens/s", log)
                         if not m:
