@@ -28,55 +28,13 @@
 #include "layers/ops.h"
 #include "layers/train.h"
 #include "optim/adamw.h"
+#include "tests/sft_test_batch.h"
 
 using namespace dg;
 
 namespace {
 
 HfModel load_tiny6() { return load_hf_model(std::string(DGEMMA_FIXTURES) + "/model/tiny6"); }
-
-struct Layout {
-  std::int64_t P, R, sel;  // prompt length, canvas (response + fill) length, selected block
-};
-
-// Two examples, S = 16: example 0 has P = 5, R = 8 (2 blocks) and 3 pad tokens; example 1 P = 3, R = 12
-// (3 blocks) and 1 pad token. Canvas width 12. Noise: half of the response tokens replaced.
-SftBatch make_batch(const ModelConfig& c, std::vector<std::uint8_t> coin, bool all_blocks = false,
-                    std::uint32_t seed = 11) {
-  const std::vector<Layout> ex = {{5, 8, 1}, {3, 12, 2}};
-  const std::int64_t B = 2, S = 16, R = 12, Bk = c.canvas_length;
-  std::mt19937 rng(seed);
-  std::uniform_int_distribution<int> tok(3, c.vocab_size - 1);
-  SftBatch b;
-  b.clean = Tensor::zeros({B, S}, DType::I32);
-  b.clean_valid = Tensor::zeros({B, S}, DType::I32);
-  b.canvas = Tensor::zeros({B, R}, DType::I32);
-  b.diff_targets = Tensor::zeros({B, R}, DType::I32);
-  b.diff_mask = Tensor::zeros({B, R}, DType::F32);
-  for (std::int64_t i = 0; i < B; ++i) {
-    const Layout& e = ex[static_cast<std::size_t>(i)];
-    b.prompt_len.push_back(e.P);
-    b.canvas_len.push_back(e.R);
-    for (std::int64_t t = 0; t < e.P + e.R; ++t) {
-      b.clean.data<std::int32_t>()[i * S + t] = tok(rng);
-      b.clean_valid.data<std::int32_t>()[i * S + t] = 1;
-    }
-    for (std::int64_t j = 0; j < e.R; ++j) {
-      const std::int32_t clean = b.clean.data<std::int32_t>()[i * S + e.P + j];
-      b.canvas.data<std::int32_t>()[i * R + j] = rng() % 2 ? tok(rng) : clean;
-      b.diff_targets.data<std::int32_t>()[i * R + j] = clean;
-      b.diff_mask.data<float>()[i * R + j] = all_blocks || j / Bk == e.sel ? 1.0f : 0.0f;
-    }
-  }
-  sft_ar_targets(b.clean, b.clean_valid, b.ar_targets, b.ar_mask);
-  b.sc_coin = std::move(coin);
-  double nd = 0, na = 0;
-  for (std::int64_t i = 0; i < b.diff_mask.numel(); ++i) nd += b.diff_mask.data<float>()[i];
-  for (std::int64_t i = 0; i < b.ar_mask.numel(); ++i) na += b.ar_mask.data<float>()[i];
-  b.n_diff = nd;
-  b.n_ar = na;
-  return b;
-}
 
 double max_abs(const Tensor& t) {
   double m = 0;
@@ -174,14 +132,14 @@ TEST_CASE("SFT gradients match central differences for every trainable tensor") 
   CheckStats st;
   SUBCASE("coin 1 and coin 0 in one batch, given self-conditioning logits") {
     // Finite differences need the self-conditioning signal as an input (the reference detaches it).
-    SftBatch b = make_batch(m.config, {1, 0});
+    SftBatch b = dg::test::make_sft_batch(m.config, {1, 0});
     b.sc_logits = Tensor::empty({b.canvas.size(0), b.canvas.size(1), m.config.vocab_size}, DType::F32);
     std::mt19937 rng(3);
     std::normal_distribution<float> nd(0.0f, 3.0f);
     for (std::int64_t i = 0; i < b.sc_logits.numel(); ++i) b.sc_logits.data<float>()[i] = nd(rng);
     gradcheck_all(m.config, m.weights, b, st);
   }
-  SUBCASE("no self-conditioning") { gradcheck_all(m.config, m.weights, make_batch(m.config, {0, 0}), st); }
+  SUBCASE("no self-conditioning") { gradcheck_all(m.config, m.weights, dg::test::make_sft_batch(m.config, {0, 0}), st); }
   MESSAGE("checked ", st.checked, " entries, skipped ", st.skipped, ", failed ", st.failed);
   CHECK(st.failed == 0);
   CHECK(st.checked > 400);
@@ -191,7 +149,7 @@ TEST_CASE("SFT gradients match central differences for every trainable tensor") 
 TEST_CASE("frozen tensors get exactly zero gradient; gradients accumulate and scale with loss_scale") {
   HfModel m = load_tiny6();
   const ModelConfig& c = m.config;
-  const SftBatch b = make_batch(c, {1, 1});
+  const SftBatch b = dg::test::make_sft_batch(c, {1, 1});
   ModelGrads g1 = allocate_grads(c), g2 = allocate_grads(c);
   const StepLosses l1 = sft_forward_backward(c, m.weights, b, g1);
   sft_forward_backward(c, m.weights, b, g2, {.loss_scale = 0.5f});
@@ -224,7 +182,7 @@ TEST_CASE("leak invariant: a block's diffusion loss ignores its own and later cl
   HfModel m = load_tiny6();
   const ModelConfig& c = m.config;
   for (const auto& coin : {std::vector<std::uint8_t>{1, 1}, std::vector<std::uint8_t>{0, 0}}) {
-    const SftBatch b = make_batch(c, coin);
+    const SftBatch b = dg::test::make_sft_batch(c, coin);
     const double base = sft_forward(c, m.weights, b).diffusion;
     // Change every clean token from the selected block's first position on (example 0: block 1
     // starts at 5 + 4 = 9; example 1: block 2 starts at 3 + 8 = 11); the targets stay as they are.
@@ -255,7 +213,7 @@ TEST_CASE("SFT losses equal a recomputation through encode / decode / logits, bl
   const ModelConfig& c = m.config;
   const ModelWeights& w = m.weights;
   for (const auto& coin : {std::vector<std::uint8_t>{1, 0}, std::vector<std::uint8_t>{0, 1}}) {
-    const SftBatch b = make_batch(c, coin, /*all_blocks=*/true);
+    const SftBatch b = dg::test::make_sft_batch(c, coin, /*all_blocks=*/true);
     const StepLosses got = sft_forward(c, w, b);
     const std::int64_t S = b.clean.size(1), R = b.canvas.size(1), Bk = c.canvas_length;
     double diff = 0, ar = 0;

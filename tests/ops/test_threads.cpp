@@ -22,6 +22,7 @@
 #include "layers/generation.h"
 #include "layers/ops.h"
 #include "layers/train.h"
+#include "tests/sft_test_batch.h"
 
 using namespace dg;
 
@@ -76,39 +77,6 @@ const HfModel& tiny6() {
   return m;
 }
 
-// Two examples of 16 tokens (prompt 5 + response 8 + 3 pad; prompt 3 + response 12 + 1 pad), half the
-// response noised, the whole response in the loss; self-conditioning coin 1 and 0.
-SftBatch sft_batch(const ModelConfig& c) {
-  const std::int64_t B = 2, S = 16, R = 12, P[2] = {5, 3}, Rs[2] = {8, 12};
-  std::mt19937 rng(7);
-  std::uniform_int_distribution<int> tok(3, c.vocab_size - 1);
-  SftBatch b;
-  b.clean = Tensor::zeros({B, S}, DType::I32);
-  b.clean_valid = Tensor::zeros({B, S}, DType::I32);
-  b.canvas = Tensor::zeros({B, R}, DType::I32);
-  b.diff_targets = Tensor::zeros({B, R}, DType::I32);
-  b.diff_mask = Tensor::zeros({B, R}, DType::F32);
-  for (std::int64_t i = 0; i < B; ++i) {
-    b.prompt_len.push_back(P[i]);
-    b.canvas_len.push_back(Rs[i]);
-    for (std::int64_t t = 0; t < P[i] + Rs[i]; ++t) {
-      b.clean.data<std::int32_t>()[i * S + t] = tok(rng);
-      b.clean_valid.data<std::int32_t>()[i * S + t] = 1;
-    }
-    for (std::int64_t j = 0; j < Rs[i]; ++j) {
-      const std::int32_t clean = b.clean.data<std::int32_t>()[i * S + P[i] + j];
-      b.canvas.data<std::int32_t>()[i * R + j] = rng() % 2 ? tok(rng) : clean;
-      b.diff_targets.data<std::int32_t>()[i * R + j] = clean;
-      b.diff_mask.data<float>()[i * R + j] = 1.0f;
-    }
-  }
-  sft_ar_targets(b.clean, b.clean_valid, b.ar_targets, b.ar_mask);
-  b.sc_coin = {1, 0};
-  b.n_diff = sum_all(b.diff_mask);
-  b.n_ar = sum_all(b.ar_mask);
-  return b;
-}
-
 }  // namespace
 
 TEST_CASE("parallel_for: every item once, exceptions rethrown after the loop, nested loops inline") {
@@ -150,7 +118,7 @@ TEST_CASE("parallel_sum and sum_squares: fixed blocks, the same bits at any thre
 TEST_CASE("SFT forward + backward: losses and every gradient bit for bit at 1, 2 and 3 threads") {
   const HfModel& m = tiny6();
   const ModelConfig& c = m.config;
-  const SftBatch b = sft_batch(c);
+  const SftBatch b = dg::test::make_sft_batch(c, {1, 0}, /*all_blocks=*/true, /*seed=*/7);
   same_at_every_thread_count([&] {
     ModelGrads g = allocate_grads(c);
     const StepLosses l = sft_forward_backward(c, m.weights, b, g);
