@@ -121,6 +121,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "io/direct_write.h"
 #include "layers/tensor.h"
 
 namespace dg {
@@ -236,7 +237,9 @@ class CheckpointWriter {
   // The whole tensor `key` from this rank, streamed: fill(first, count, dst) puts its elements
   // [first, first + count) (row-major) into dst; it is called for [0, piece), [piece, 2 piece), ... in
   // order (the last piece shorter), so that memory holds one piece (piece elements), not the tensor. The
-  // file and checksum are the same as add() of the whole tensor writes.
+  // file and checksum are the same as add() of the whole tensor writes. A tensor of kDirectPieceBytes or
+  // more goes past HDF5 into its dataset's allocated extent with O_DIRECT (io/direct_write.h).
+  static constexpr std::size_t kDirectPieceBytes = 64u << 10;
   using PieceFill = std::function<void(std::int64_t first, std::int64_t count, void* dst)>;
   void add_pieces(const std::string& key, const Shape& shape, DType dtype, std::int64_t piece, const PieceFill& fill);
 
@@ -268,6 +271,7 @@ class CheckpointWriter {
   std::string failed_;  // the first add() error on this rank, reported by commit() on every rank
   std::vector<LocalShard> shards_;
   std::map<std::string, int> shards_per_key_;
+  std::unique_ptr<DirectFile> direct_;  // this rank's file, for add_pieces' large tensors (opened on first use)
   nlohmann::json sections_ = nlohmann::json::object(), rank_sections_ = nlohmann::json::object();
 };
 

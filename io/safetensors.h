@@ -56,6 +56,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "io/direct_write.h"
 #include "layers/tensor.h"
 
 namespace dg {
@@ -213,13 +214,14 @@ class SafetensorsPartWriter {
   ~SafetensorsPartWriter();
   SafetensorsPartWriter(const SafetensorsPartWriter&) = delete;
   SafetensorsPartWriter& operator=(const SafetensorsPartWriter&) = delete;
-  // The bytes [offset, offset + n) of tensor `name` (dg::Error naming file and tensor on an I/O error).
+  // The bytes [offset, offset + n) of tensor `name` (dg::Error naming file and tensor on an I/O error), with
+  // O_DIRECT where the file system allows it (io/direct_write.h).
   void write(std::string_view name, std::uint64_t offset, const void* data, std::size_t n);
   void sync();  // fsync: what this process wrote is on disk
 
  private:
   const SafetensorsFilePlan& plan_;
-  int fd_ = -1;
+  DirectFile file_;
 };
 
 // Writes named tensors (any devices) as one file.

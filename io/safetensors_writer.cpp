@@ -263,25 +263,18 @@ void create_safetensors_file(const SafetensorsFilePlan& plan) {
   ::close(fd);
 }
 
-SafetensorsPartWriter::SafetensorsPartWriter(const SafetensorsFilePlan& plan) : plan_(plan) {
-  fd_ = ::open(plan.path.c_str(), O_WRONLY | O_CLOEXEC);
-  if (fd_ < 0) fail("cannot open {} for writing: {}", plan.path, std::strerror(errno));
-}
+SafetensorsPartWriter::SafetensorsPartWriter(const SafetensorsFilePlan& plan) : plan_(plan), file_(plan.path) {}
 
-SafetensorsPartWriter::~SafetensorsPartWriter() {
-  if (fd_ >= 0) ::close(fd_);
-}
+SafetensorsPartWriter::~SafetensorsPartWriter() = default;
 
 void SafetensorsPartWriter::write(std::string_view name, std::uint64_t offset, const void* data, std::size_t n) {
   const SafetensorsEntry& e = plan_.entry(name);
   if (offset > e.nbytes() || n > e.nbytes() - offset)
     fail("{}: tensor \"{}\": bytes [{}, {}) given, but it has {} bytes", plan_.path, name, offset, offset + n, e.nbytes());
-  write_all_at(fd_, plan_.path, fmt::format("tensor \"{}\"", name), plan_.data_start + e.begin + offset, data, n);
+  file_.write_at(plan_.data_start + e.begin + offset, data, n, fmt::format("tensor \"{}\"", name));
 }
 
-void SafetensorsPartWriter::sync() {
-  if (::fsync(fd_) != 0) fail("cannot fsync {}: {}", plan_.path, std::strerror(errno));
-}
+void SafetensorsPartWriter::sync() { file_.sync(); }
 
 void save_safetensors(const std::string& path, const std::vector<std::pair<std::string, Tensor>>& tensors,
                       SafetensorsWriteOptions opts) {

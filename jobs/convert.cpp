@@ -17,7 +17,8 @@
 //                       every rank is done (a failure anywhere removes OUT.tmp and leaves OUT as it was).
 // Memory: a rank holds pieces of 16 MiB plus, for a transposed tensor (experts), one of its matrices
 // (twice when writing HF), not the model nor a whole tensor; the bound is printed at start. Ranks with
-// nothing left to do wait in Comm::idle_barrier, without spinning a core.
+// nothing left to do wait in Comm::idle_barrier, without spinning a core. Large tensors are written with
+// O_DIRECT where the file system takes it (io/direct_write.h; --direct-io false: through the page cache).
 // HF -> H5 -> HF reproduces the original safetensors files and index byte for byte, sharded or not.
 // Reading the checkpoint verifies every shard against its manifest checksum (a corrupt rank file is exit 2,
 // naming it and the tensor); NaN / Inf weights are copied as they are both ways, with a warning naming them.
@@ -31,6 +32,7 @@
 #include "io/atomic_file.h"
 #include "io/checkpoint.h"
 #include "io/data_check.h"
+#include "io/direct_write.h"
 #include "io/hf_config.h"
 #include "io/hf_model.h"
 #include "io/hf_names.h"
@@ -59,6 +61,8 @@ void convert_options(po::options_description& d) {
       ("max-shard-size", po::value<std::string>()->default_value("50GB"), "h5 -> hf: shard size limit (given: split "
        "as save_pretrained does, instead of keeping the original files)")
       ("tokenizer", po::value<std::string>()->value_name("DIR"), "h5 -> hf: copy tokenizer files from DIR")
+      ("direct-io", po::value<bool>()->default_value(true, "true"),
+       "write large tensors with O_DIRECT, past the page cache, where the file system allows it (false: buffered)")
       ("overwrite", po::bool_switch(), "replace an existing output");
 }
 
@@ -456,6 +460,7 @@ int convert_run(JobContext& ctx) {
   const std::string from = ctx.vm["from"].as<std::string>(), to = ctx.vm["to"].as<std::string>();
   const std::string in = ctx.vm["in"].as<std::string>(), out = ctx.vm["out"].as<std::string>();
   if (!fs::exists(in)) fail_config("convert: input {} does not exist", in);
+  set_direct_writes(ctx.vm["direct-io"].as<bool>());
   if (from == "hf" && to == "h5") return hf_to_h5(ctx, in, out);
   if (from == "h5" && to == "hf") return h5_to_hf(ctx, in, out);
   fail_config("convert: --from/--to must be hf/h5 or h5/hf, not {}/{}", from, to);

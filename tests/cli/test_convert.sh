@@ -22,6 +22,11 @@ expect 0 "convert: 159 tensors" -- "${MPI[@]}" -n 2 "$DGEMMA" convert --from h5 
 check "HF -> H5 -> HF reproduces model.safetensors byte for byte" cmp -s "$SRC/model.safetensors" back/model.safetensors
 expect 0 "convert: 159 tensors" -- "$DGEMMA" convert --from h5 --to hf --in ck2/step_00000000 --out back2
 check "H5 written by 2 ranks, read by 1: same bytes" cmp -s "$SRC/model.safetensors" back2/model.safetensors
+# Through the page cache instead of O_DIRECT (io/direct_write.h), both ways: the same bytes.
+expect 0 "convert: 159 tensors" -- "$DGEMMA" convert --from hf --to h5 --in "$SRC" --out ck3 --direct-io false
+expect 0 "convert: 159 tensors" -- "$DGEMMA" convert --from h5 --to hf --in ck3 --out back3 --direct-io false
+check "buffered writes: the same bytes after the round trip" cmp -s "$SRC/model.safetensors" back3/model.safetensors
+expect 2 "direct-io" -- "$DGEMMA" convert --from hf --to h5 --in "$SRC" --out ck4 --direct-io sometimes
 expect 0 "inspect: OK" -- "$DGEMMA" inspect --path back --list false
 expect 0 "convert" -- "${MPI[@]}" -n 2 "$DGEMMA" convert --from h5 --to hf --in ck1 --out sharded --max-shard-size 400KB
 check "sharded output has an index and several shards" test -f sharded/model.safetensors.index.json -a "$(ls sharded/model-0000*-of-*.safetensors | wc -l)" -gt 1
