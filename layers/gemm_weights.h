@@ -11,9 +11,10 @@
 // memory again; they are released with the last ConstantWeights covering them. Without oneDNN it does
 // nothing.
 //
-// The packed GEMMs run on one thread (layers/cpu/gemm.cpp says why). Results: a different fp32 summation
-// than OpenBLAS's (tolerance-level differences), still batch invariant (one primitive of shape [16, N, K]
-// per weight shape) and independent of the thread count. Nested or overlapping scopes are allowed.
+// A packed GEMM spreads its 16-row tiles over the CPU threads (cpu_threads()), one oneDNN thread per tile.
+// Results: a different fp32 summation than OpenBLAS's (tolerance-level differences), still batch invariant
+// (one primitive of shape [16, N, K] per weight shape, the same for every tile) and independent of the thread
+// count. Nested or overlapping scopes are allowed.
 #pragma once
 #include <cstdint>
 #include <vector>

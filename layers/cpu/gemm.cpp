@@ -13,6 +13,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "layers/cpu/parallel.h"
 #include "layers/gemm_weights.h"
 #include "layers/ops.h"
 
@@ -109,9 +110,8 @@ struct PackKey {
 };
 struct PackedMatmul {
   bool use = false;  // oneDNN chose its brgemm kernels (AVX-512 and up); otherwise OpenBLAS is as fast or faster
-  dnnl::matmul prim;
-  dnnl::memory::desc b_user, b_packed;
-  dnnl::memory a, c;
+  dnnl::matmul prim;  // user scratchpad: stateless, so that the CPU threads may run it on their tiles at once
+  dnnl::memory::desc a, c, b_user, b_packed, scratchpad;
 };
 struct PackCache {
   std::map<PackKey, std::unique_ptr<PackedMatmul>> prims;
@@ -131,74 +131,92 @@ dnnl::engine& dnnl_engine() {
 constexpr std::int64_t kInvariantRows = 16;
 
 #if defined(DGEMMA_ONEDNN)
-// Runs the tiles of sgemm_row_tiles on the packed copy of B; false when B is not a constant weight, is too
-// small to gain, or oneDNN has no brgemm kernel on this CPU (its fallback is slower than OpenBLAS), so that
-// OpenBLAS runs them.
-bool packed_row_tiles(bool trans_b, std::int64_t m, std::int64_t n, std::int64_t k, float alpha, const float* a,
-                      std::int64_t lda, const float* b, std::int64_t ldb, float beta, float* c, std::int64_t ldc,
-                      float* ta, float* tc) {
-  if (n * k < kMinPackedWeightElements) return false;
-  if (!is_constant(b, trans_b ? (n - 1) * ldb + k : (k - 1) * ldb + n)) return false;
-  // One thread, whatever cpu_threads(): oneDNN threads with OpenMP, whose spinning workers and OpenBLAS's
-  // (pthreads, which spin too) take each other's cores between calls (2-thread generation of the small
-  // model ran at 6-8 tokens/s instead of 20-50). On one thread the packed GEMM is about as fast as OpenBLAS
-  // on two at these shapes, and its results cannot depend on the thread count. (oneDNN sizes its work for
-  // omp_get_max_threads(); the other OpenMP loops name their thread counts.)
-  struct OneOmpThread {
-    int before = omp_get_max_threads();
-    OneOmpThread() { if (before != 1) omp_set_num_threads(1); }
-    ~OneOmpThread() { if (before != 1) omp_set_num_threads(before); }
-  } one_thread;
+// The primitive [kInvariantRows, N, K] for one PackKey, weights in the layout it prefers (format_tag::any).
+std::unique_ptr<PackedMatmul> make_packed_matmul(bool trans_b, std::int64_t n, std::int64_t k, std::int64_t ldb,
+                                                 float alpha, float beta) {
   using dims = dnnl::memory::dims;
   const auto f32 = dnnl::memory::data_type::f32;
+  const dnnl::memory::desc a_md(dims{kInvariantRows, k}, f32, dims{k, 1});
+  const dnnl::memory::desc c_md(dims{kInvariantRows, n}, f32, dims{n, 1});
+  const dnnl::memory::desc b_any(dims{k, n}, f32, dnnl::memory::format_tag::any);
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  if (alpha != 1.0f) attr.set_output_scales(0, {alpha});
+  if (beta != 0.0f) {
+    dnnl::post_ops ops;
+    ops.append_sum(beta);
+    attr.set_post_ops(ops);
+  }
+  auto mm = std::make_unique<PackedMatmul>();
+  try {
+    const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(a_md, b_any, c_md), attr, dnnl_engine());
+    mm->use = std::string_view(pd.impl_info_str()).starts_with("brg");
+    mm->prim = dnnl::matmul(pd);
+    mm->a = a_md;
+    mm->c = c_md;
+    mm->b_user = dnnl::memory::desc(dims{k, n}, f32, trans_b ? dims{1, ldb} : dims{ldb, 1});
+    mm->b_packed = pd.weights_desc();
+    mm->scratchpad = pd.scratchpad_desc();
+  } catch (const dnnl::error&) {  // no implementation for this case: OpenBLAS runs it
+    mm->use = false;
+  }
+  return mm;
+}
+
+// Runs the tiles of sgemm_row_tiles on the packed copy of B; false when B is not a constant weight, is too
+// small to gain, or oneDNN has no brgemm kernel on this CPU (its fallback is slower than OpenBLAS), so that
+// OpenBLAS runs them. The tiles are spread over the CPU threads (layers/cpu/parallel.h); each runs the same
+// primitive on its own copy of its rows, so a row's bits depend neither on its batch mates nor on the threads.
+bool packed_row_tiles(bool trans_b, std::int64_t m, std::int64_t n, std::int64_t k, float alpha, const float* a,
+                      std::int64_t lda, const float* b, std::int64_t ldb, float beta, float* c, std::int64_t ldc) {
+  if (n * k < kMinPackedWeightElements) return false;
+  if (!is_constant(b, trans_b ? (n - 1) * ldb + k : (k - 1) * ldb + n)) return false;
   const PackKey key{trans_b, n, k, ldb, alpha, beta};
-  thread_local dnnl::stream stream(dnnl_engine());
-  PackCache& cache = pack_cache();
-  std::lock_guard<std::mutex> lock(g_constants_mu);
-  std::unique_ptr<PackedMatmul>& mm = cache.prims[key];
-  if (!mm) {
-    const dnnl::memory::desc a_md(dims{kInvariantRows, k}, f32, dims{k, 1});
-    const dnnl::memory::desc c_md(dims{kInvariantRows, n}, f32, dims{n, 1});
-    const dnnl::memory::desc b_any(dims{k, n}, f32, dnnl::memory::format_tag::any);
-    dnnl::primitive_attr attr;
-    if (alpha != 1.0f) attr.set_output_scales(0, {alpha});
-    if (beta != 0.0f) {
-      dnnl::post_ops ops;
-      ops.append_sum(beta);
-      attr.set_post_ops(ops);
+  const PackedMatmul* mm = nullptr;
+  dnnl::memory packed;
+  {
+    std::lock_guard<std::mutex> lock(g_constants_mu);
+    PackCache& cache = pack_cache();
+    std::unique_ptr<PackedMatmul>& entry = cache.prims[key];
+    if (!entry) entry = make_packed_matmul(trans_b, n, k, ldb, alpha, beta);
+    if (!entry->use) return false;
+    mm = entry.get();
+    auto [it, fresh] = cache.packed_b.try_emplace({key, b});
+    if (fresh) {  // first use of this B: reordered once into the primitive's layout
+      dnnl::stream stream(dnnl_engine());
+      dnnl::memory user(mm->b_user, dnnl_engine(), const_cast<float*>(b));
+      it->second = dnnl::memory(mm->b_packed, dnnl_engine());
+      dnnl::reorder(user, it->second).execute(stream, user, it->second);
+      stream.wait();
     }
-    try {
-      const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(a_md, b_any, c_md), attr, dnnl_engine());
-      mm = std::make_unique<PackedMatmul>(PackedMatmul{
-          std::string_view(pd.impl_info_str()).starts_with("brg"), dnnl::matmul(pd),
-          dnnl::memory::desc(dims{k, n}, f32, trans_b ? dims{1, ldb} : dims{ldb, 1}), pd.weights_desc(),
-          dnnl::memory(a_md, dnnl_engine(), ta), dnnl::memory(c_md, dnnl_engine(), tc)});
-    } catch (const dnnl::error&) {  // no implementation for this case: OpenBLAS runs it
-      mm = std::make_unique<PackedMatmul>();
-      mm->use = false;
-    }
+    packed = it->second;
   }
-  if (!mm->use) return false;
-  auto [it, fresh] = cache.packed_b.try_emplace({key, b});
-  if (fresh) {
-    dnnl::memory user(mm->b_user, dnnl_engine(), const_cast<float*>(b));
-    it->second = dnnl::memory(mm->b_packed, dnnl_engine());
-    dnnl::reorder(user, it->second).execute(stream, user, it->second);
-  }
-  mm->a.set_data_handle(ta);
-  mm->c.set_data_handle(tc);
-  const std::unordered_map<int, dnnl::memory> args{
-      {DNNL_ARG_SRC, mm->a}, {DNNL_ARG_WEIGHTS, it->second}, {DNNL_ARG_DST, mm->c}};
-  for (std::int64_t r0 = 0; r0 < m; r0 += kInvariantRows) {
-    const std::int64_t rows = std::min(kInvariantRows, m - r0);
+  const std::int64_t tiles = (m + kInvariantRows - 1) / kInvariantRows;
+  parallel_for("gemm.packed_tiles", tiles, 2 * kInvariantRows * n * k, [&](std::int64_t t) {
+    // One OpenMP thread inside oneDNN: the tiles are what runs in parallel. (oneDNN threads with OpenMP and
+    // sizes its work for omp_get_max_threads(); its spinning workers and OpenBLAS's took each other's cores.)
+    struct OneOmpThread {
+      int before = omp_get_max_threads();
+      OneOmpThread() { if (before != 1) omp_set_num_threads(1); }
+      ~OneOmpThread() { if (before != 1) omp_set_num_threads(before); }
+    } one_thread;
+    thread_local AlignedScratch tile_a, tile_c, scratch;
+    thread_local dnnl::stream stream(dnnl_engine());
+    float* ta = tile_a.get(kInvariantRows * k);
+    float* tc = tile_c.get(kInvariantRows * n);
+    float* sp = scratch.get(static_cast<std::int64_t>(mm->scratchpad.get_size() / sizeof(float)) + 1);
+    const std::int64_t r0 = t * kInvariantRows, rows = std::min(kInvariantRows, m - r0);
     for (std::int64_t i = 0; i < rows; ++i) {
       std::copy_n(a + (r0 + i) * lda, k, ta + i * k);
       if (beta != 0.0f) std::copy_n(c + (r0 + i) * ldc, n, tc + i * n);
     }
-    mm->prim.execute(stream, args);
+    const dnnl::memory am(mm->a, dnnl_engine(), ta), cm(mm->c, dnnl_engine(), tc),
+        spm(mm->scratchpad, dnnl_engine(), sp);
+    mm->prim.execute(stream, {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, packed}, {DNNL_ARG_DST, cm},
+                              {DNNL_ARG_SCRATCHPAD, spm}});
     stream.wait();
     for (std::int64_t i = 0; i < rows; ++i) std::copy_n(tc + i * n, n, c + (r0 + i) * ldc);
-  }
+  });
   return true;
 }
 #endif
@@ -213,12 +231,12 @@ bool packed_row_tiles(bool trans_b, std::int64_t m, std::int64_t n, std::int64_t
 
 void sgemm_row_tiles(bool trans_b, std::int64_t m, std::int64_t n, std::int64_t k, float alpha, const float* a,
                      std::int64_t lda, const float* b, std::int64_t ldb, float beta, float* c, std::int64_t ldc) {
+#if defined(DGEMMA_ONEDNN)
+  if (packed_row_tiles(trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)) return;
+#endif
   thread_local AlignedScratch tile_a, tile_c;
   float* ta = tile_a.get(kInvariantRows * k);
   float* tc = tile_c.get(kInvariantRows * n);
-#if defined(DGEMMA_ONEDNN)
-  if (packed_row_tiles(trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, ta, tc)) return;
-#endif
   for (std::int64_t r0 = 0; r0 < m; r0 += kInvariantRows) {
     const std::int64_t rows = std::min(kInvariantRows, m - r0);
     for (std::int64_t i = 0; i < rows; ++i) {
