@@ -142,6 +142,7 @@ void close_checkpoint_library() {
 }
 
 CheckpointWriter::~CheckpointWriter() {
+  direct_.reset();  // its queued writes land before the file is freed or closed
   if (file_ >= 0) {
     ckpt::H5Quiet quiet;
     if (!failed_.empty() || H5Fflush(file_, H5F_SCOPE_LOCAL) < 0) free_partial_file(tmp_dir_ + "/" + file_name_);
@@ -178,9 +179,7 @@ void CheckpointWriter::add_pieces(const std::string& key, const Shape& shape, DT
   const std::size_t es = dtype_size(dtype);
   try {
     write_shard(key, shape, dtype, Slice::whole(shape), [&](std::int64_t ds, std::int64_t type) {
-      // Not zeroed: fill() writes every byte that is hashed and written (a zeroing pass cost 6% of a convert).
-      const auto buf_bytes = std::make_unique_for_overwrite<std::byte[]>(static_cast<std::size_t>(std::min(n, piece)) * es);
-      std::byte* const buf = buf_bytes.get();
+      std::int64_t piece_first = 0;  // the first element the buffered loop writes
       // A large tensor is written past HDF5, at its dataset's file address (allocated at creation, contiguous,
       // never filled): HDF5 keeps no copy of a dataset's raw bytes it did not write itself.
       haddr_t direct_base = HADDR_UNDEF;
@@ -190,7 +189,31 @@ void CheckpointWriter::add_pieces(const std::string& key, const Shape& shape, DT
           direct_ = std::make_unique<DirectFile>(tmp_dir_ + "/" + file_name_);
       }
       Xxh64 hash;
-      for (std::int64_t at = 0; at < n; at += piece) {
+      // Pieces filled straight into O_DIRECT staging buffers where the offsets allow (H5Pset_alignment puts
+      // a dataset of 1 MiB or more at a 1 MiB boundary: every piece then starts on a block).
+      const std::size_t piece_bytes = static_cast<std::size_t>(piece) * es;
+      if (direct_base != HADDR_UNDEF && direct_base % DirectFile::kBlock == 0 && piece_bytes % DirectFile::kBlock == 0 &&
+          piece_bytes <= DirectFile::kStaging) {
+        std::int64_t at = 0;
+        for (char* staged; at < n && (staged = direct_->acquire_staging()) != nullptr; at += piece) {
+          const std::int64_t len = std::min(piece, n - at);
+          try {
+            fill(at, len, staged);
+          } catch (...) {
+            direct_->release_staging(staged);
+            throw;
+          }
+          hash.update(staged, static_cast<std::size_t>(len) * es);
+          direct_->write_staged(direct_base + static_cast<std::uint64_t>(at) * es, staged,
+                                static_cast<std::size_t>(len) * es, fmt::format("dataset /{}", key));
+        }
+        if (at >= n) return hash.digest();
+        piece_first = at;  // direct writing ended on this file system: the rest below, buffered
+      }
+      // Not zeroed: fill() writes every byte that is hashed and written (a zeroing pass cost 6% of a convert).
+      const auto buf_bytes = std::make_unique_for_overwrite<std::byte[]>(static_cast<std::size_t>(std::min(n, piece)) * es);
+      std::byte* const buf = buf_bytes.get();
+      for (std::int64_t at = piece_first; at < n; at += piece) {
         const std::int64_t len = std::min(piece, n - at);
         fill(at, len, buf);
         hash.update(buf, static_cast<std::size_t>(len) * es);
@@ -294,6 +317,14 @@ std::string CheckpointWriter::commit() {
     file_ = -1;
     if (f < 0) fail("checkpoint {}: rank {} has no open file", final_dir_, group_.rank());
     const std::string path = tmp_dir_ + "/" + file_name_;
+    if (direct_) {  // add_pieces' writes past HDF5: all done, and their errors known, before the file closes
+      try {
+        direct_->sync();
+      } catch (const std::exception& e) {
+        record_failure(e.what());
+      }
+      direct_.reset();
+    }
     if (!failed_.empty() || H5Fflush(f, H5F_SCOPE_LOCAL) < 0) {
       const std::string why = failed_.empty() ? ckpt::h5_error() : failed_;
       free_partial_file(path);  // so that the close below can flush what HDF5 still holds

@@ -121,13 +121,16 @@ void finish_report(Comm& world, const Progress& p, const std::string& what) {
             "rank) -> {}", all[1], all[0] * 1e-6, s, all[0] * 1e-6 / s, world.size(), rss * 1024e-6, what);
 }
 
-// The bound on what a rank holds while converting, printed at start: `pieces` buffers of kPieceBytes and
-// `matrices` copies of the largest transposed matrix (process baseline and library buffers aside).
+// The bound on what a rank holds while converting, printed at start: `pieces` buffers of kPieceBytes,
+// `matrices` copies of the largest transposed matrix and the O_DIRECT staging buffers (process baseline and
+// library buffers aside).
 void say_working_set(int pieces, std::int64_t largest_matrix_bytes, int matrices) {
   const double mib = 1.0 / (1 << 20), matrix = static_cast<double>(largest_matrix_bytes) * mib;
+  const double staging = direct_writes() ? DirectFile::kStagingBuffers * static_cast<double>(DirectFile::kStaging) * mib : 0;
   log::info("convert: working set per rank <= {:.0f} MiB: {} x {} MiB pieces + {} x the largest transposed matrix "
-            "({:.1f} MiB); not the model, nor a whole tensor", pieces * static_cast<double>(kPieceBytes) * mib +
-            matrices * matrix, pieces, kPieceBytes >> 20, matrices, matrix);
+            "({:.1f} MiB) + {:.0f} MiB of write staging; not the model, nor a whole tensor",
+            pieces * static_cast<double>(kPieceBytes) * mib + matrices * matrix + staging, pieces, kPieceBytes >> 20,
+            matrices, matrix, staging);
 }
 
 int hf_to_h5(JobContext& ctx, const std::string& in, const std::string& out) {

@@ -68,7 +68,8 @@ SH
 chmod +x "$work/rss_wrap.sh"
 
 # measure LABEL N CMD...: one timed run after a sync (N ranks; 0: a plain command followed by sync);
-# appends "LABEL seconds [rss of rank 0 / rank 1 in MiB]" to the results.
+# appends "LABEL seconds rss-of-rank-0/rank-1-in-MiB job-seconds" to the results (job seconds: the time
+# convert reports itself, from its start to its files on disk, without mpirun's and MPI_Init's start-up).
 measure() {
   local label=$1 n=$2; shift 2
   rm -rf "$work/out" "$work/out.tmp" "$work/rss".*
@@ -84,7 +85,9 @@ measure() {
   ((ok)) || { echo "bench_convert: $label failed:" >&2; tail -20 "$work/run.log" >&2; exit 1; }
   local rss="" r
   for ((r = 0; r < n; r++)); do rss+="${rss:+/}$(awk '{printf "%.0f", $1/1024}' "$work/rss.$r")"; done
-  echo "$label $(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.3f", b - a}') ${rss:--}" >>"$work/results"
+  local job
+  job=$(sed -n 's/.*convert: .* MB in \([0-9.]*\) s (.*/\1/p' "$work/run.log" | tail -1)
+  echo "$label $(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.3f", b - a}') ${rss:--} ${job:--}" >>"$work/results"
 }
 
 echo "bench_convert: model $(awk -v b="$bytes" 'BEGIN {printf "%.0f", b / 1e6}') MB of safetensors; $REPS repetitions"
@@ -104,15 +107,21 @@ for ((rep = 1; rep <= REPS; rep++)); do
 done
 rm -rf "$work/out"
 
-# One line per case: min and median seconds, MB/s at both, the median run's peak RSS per rank.
-printf '\n%-16s %7s %7s %8s %8s  %s\n' case "min s" "med s" "MB/s" "MB/s" "peak RSS MiB"
-printf '%-16s %7s %7s %8s %8s  %s\n' "" "" "" "(min s)" "(med s)" "(rank 0/1, median run)"
+# One line per case: min and median wall seconds, MB/s at both, the median run's peak RSS per rank, and the
+# median of the job's own seconds and its MB/s (start-up excluded; convert only).
+printf '\n%-16s %7s %7s %8s %8s  %-22s %7s %8s\n' case "min s" "med s" "MB/s" "MB/s" "peak RSS MiB" "job s" "job MB/s"
+printf '%-16s %7s %7s %8s %8s  %-22s %7s %8s\n' "" "" "" "(min s)" "(med s)" "(rank 0/1, median run)" "(med)" "(med)"
 sort -k1,1 -k2,2n "$work/results" | awk -v b="$bytes" '
-  { n[$1]++; t[$1, n[$1]] = $2; r[$1, n[$1]] = $3 }
+  { n[$1]++; t[$1, n[$1]] = $2; r[$1, n[$1]] = $3; j[$1, n[$1]] = $4 }
   END {
     for (k in n) {
       m = int((n[k] + 1) / 2)
-      printf "%-16s %7.2f %7.2f %8.1f %8.1f  %s\n", k, t[k, 1], t[k, m], b / 1e6 / t[k, 1], b / 1e6 / t[k, m], r[k, m]
+      cnt = 0
+      for (i = 1; i <= n[k]; i++) if (j[k, i] != "-") js[++cnt] = j[k, i] + 0
+      for (a = 1; a <= cnt; a++) for (c = a + 1; c <= cnt; c++) if (js[c] < js[a]) { x = js[a]; js[a] = js[c]; js[c] = x }
+      jm = cnt ? js[int((cnt + 1) / 2)] : 0
+      printf "%-16s %7.2f %7.2f %8.1f %8.1f  %-22s %7s %8s\n", k, t[k, 1], t[k, m], b / 1e6 / t[k, 1], b / 1e6 / t[k, m],
+             r[k, m], cnt ? sprintf("%.2f", jm) : "-", cnt ? sprintf("%.1f", b / 1e6 / jm) : "-"
     }
   }' | sort
 [[ "${KEEP:-0}" == 1 ]] && echo "runs: $work/results"

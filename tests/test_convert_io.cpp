@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "io/checkpoint.h"
+#include "io/direct_write.h"
 #include "io/safetensors.h"
 #include "io/transpose.h"
 #include "jobs/checkpoint_group.h"
@@ -114,41 +115,62 @@ TEST_CASE("one safetensors file written in parts by several writers has Safetens
   CHECK(before == after);
 }
 
+// Three sizes: small (HDF5 writes it), 120 KB (past HDF5 with O_DIRECT, copied into staging: an unaligned
+// dataset address), 1.06 MB (aligned at 1 MiB: pieces filled straight into staging buffers, a partial last
+// block); with direct writes on and off (io/direct_write.h).
 TEST_CASE("add_pieces writes what add writes: the same data and checksum, read back") {
   SharedTempDir tmp;
   Comm& c = world();
-  const Shape shape{3, 5, 7};
-  const std::vector<std::byte> data = pattern(static_cast<std::size_t>(shape_numel(shape)) * 2, 9);
-  for (const bool pieces : {false, true}) {
-    CommCheckpointGroup cg(c);
-    CheckpointWriter w(cg, tmp.path + (pieces ? "/pieces" : "/whole"), 1);
-    const std::string key = "param/r" + std::to_string(c.rank());
-    if (pieces) {
-      std::int64_t calls = 0;
-      w.add_pieces(key, shape, DType::BF16, 11, [&](std::int64_t first, std::int64_t n, void* dst) {
-        CHECK(first == 11 * calls++);
-        std::memcpy(dst, data.data() + first * 2, static_cast<std::size_t>(n) * 2);
-      });
-      CHECK(calls == (shape_numel(shape) + 10) / 11);
-      w.add_pieces("carried/s" + std::to_string(c.rank()), {}, DType::I64, 4, [&](std::int64_t, std::int64_t n, void* dst) {
-        CHECK(n == 1);
-        std::memcpy(dst, data.data(), 8);
-      });
-    } else {
-      w.add(key, shape, DType::BF16, Slice::whole(shape), data.data());
-      w.add("carried/s" + std::to_string(c.rank()), {}, DType::I64, Slice::whole({}), data.data());
+  struct Case {
+    Shape shape;
+    std::int64_t piece;
+  };
+  const std::vector<Case> cases = {{{3, 5, 7}, 11}, {{300, 200}, 7777}, {{1000, 531}, 262144}};
+  const std::vector<std::byte> data = pattern(1000 * 531 * 2, 9);
+  const bool was = direct_writes();
+  for (const bool direct : {true, false}) {
+    set_direct_writes(direct);
+    const std::string dir = tmp.path + (direct ? "/direct" : "/buffered");
+    for (const bool pieces : {false, true}) {
+      CommCheckpointGroup cg(c);
+      CheckpointWriter w(cg, dir + (pieces ? "/pieces" : "/whole"), 1);
+      for (std::size_t i = 0; i < cases.size(); ++i) {
+        const Shape& shape = cases[i].shape;
+        const std::int64_t piece = cases[i].piece;
+        const std::string key = "param/r" + std::to_string(c.rank()) + "_" + std::to_string(i);
+        if (pieces) {
+          std::int64_t calls = 0;
+          w.add_pieces(key, shape, DType::BF16, piece, [&](std::int64_t first, std::int64_t n, void* dst) {
+            CHECK(first == piece * calls++);
+            std::memcpy(dst, data.data() + first * 2, static_cast<std::size_t>(n) * 2);
+          });
+          CHECK(calls == (shape_numel(shape) + piece - 1) / piece);
+        } else {
+          w.add(key, shape, DType::BF16, Slice::whole(shape), data.data());
+        }
+      }
+      if (pieces)
+        w.add_pieces("carried/s" + std::to_string(c.rank()), {}, DType::I64, 4, [&](std::int64_t, std::int64_t n, void* dst) {
+          CHECK(n == 1);
+          std::memcpy(dst, data.data(), 8);
+        });
+      else
+        w.add("carried/s" + std::to_string(c.rank()), {}, DType::I64, Slice::whole({}), data.data());
+      w.commit();
     }
-    w.commit();
+    c.idle_barrier();
+    CheckpointReader whole = CheckpointReader::open(dir + "/whole"), piecewise = CheckpointReader::open(dir + "/pieces");
+    piecewise.verify(true);
+    for (const auto& [key, t] : whole.manifest().tensors) {
+      CAPTURE(key);
+      REQUIRE(piecewise.has(key));
+      CHECK(piecewise.tensor(key).shards.at(0).checksum == t.shards.at(0).checksum);
+      const Tensor x = whole.read(key, Slice::whole(t.shape)), y = piecewise.read(key, Slice::whole(t.shape));
+      CHECK(std::memcmp(x.raw(), y.raw(), x.nbytes()) == 0);
+      CHECK(std::memcmp(x.raw(), data.data(), x.nbytes()) == 0);
+    }
   }
-  c.idle_barrier();
-  CheckpointReader whole = CheckpointReader::open(tmp.path + "/whole"), piecewise = CheckpointReader::open(tmp.path + "/pieces");
-  piecewise.verify(true);
-  for (const auto& [key, t] : whole.manifest().tensors) {
-    REQUIRE(piecewise.has(key));
-    CHECK(piecewise.tensor(key).shards.at(0).checksum == t.shards.at(0).checksum);
-    const Tensor x = whole.read(key, Slice::whole(t.shape)), y = piecewise.read(key, Slice::whole(t.shape));
-    CHECK(std::memcmp(x.raw(), y.raw(), x.nbytes()) == 0);
-  }
+  set_direct_writes(was);
 }
 
 TEST_CASE("idle_barrier waits for every rank") {

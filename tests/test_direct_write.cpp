@@ -86,6 +86,33 @@ TEST_CASE("DirectFile: exact bytes at any offset and length, O_DIRECT on and off
   fs::remove_all(dir);
 }
 
+TEST_CASE("DirectFile: two files written in turns share the staging buffers and the I/O thread") {
+  const fs::path dir = fs::temp_directory_path() / ("dgemma_direct2_" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  const std::size_t size = 5 * DirectFile::kStaging + 777;
+  std::vector<std::string> paths = {(dir / "a.bin").string(), (dir / "b.bin").string()};
+  std::vector<std::vector<char>> images(2, std::vector<char>(size));
+  std::mt19937 rng(9);
+  for (std::size_t f = 0; f < 2; ++f) {
+    { std::ofstream(paths[f], std::ios::binary | std::ios::trunc); }
+    REQUIRE(::truncate(paths[f].c_str(), static_cast<off_t>(size)) == 0);
+    for (char& c : images[f]) c = static_cast<char>(rng());
+  }
+  {
+    DirectFile a(paths[0]), b(paths[1]);
+    DirectFile* files[2] = {&a, &b};
+    const std::size_t piece = DirectFile::kStaging + 1000;  // each piece more than one staging buffer
+    for (std::size_t at = 0; at < size; at += piece)
+      for (std::size_t f = 0; f < 2; ++f)
+        files[f]->write_at(at + 3, images[f].data() + at + 3, std::min(piece, size - at - 3), "a piece");
+    for (std::size_t f = 0; f < 2; ++f) files[f]->write_at(0, images[f].data(), 3, "the head");
+    a.sync();
+    b.sync();
+  }
+  for (std::size_t f = 0; f < 2; ++f) CHECK(read_file(paths[f]) == images[f]);
+  fs::remove_all(dir);
+}
+
 TEST_CASE("DirectFile: a missing file is an error naming it") {
   CHECK_THROWS_WITH(DirectFile("/nonexistent/dir/x.bin"), doctest::Contains("/nonexistent/dir/x.bin"));
 }
