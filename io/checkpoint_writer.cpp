@@ -192,7 +192,7 @@ void CheckpointWriter::add_pieces(const std::string& key, const Shape& shape, DT
       // Pieces filled straight into O_DIRECT staging buffers where the offsets allow (H5Pset_alignment puts
       // a dataset of 1 MiB or more at a 1 MiB boundary: every piece then starts on a block).
       const std::size_t piece_bytes = static_cast<std::size_t>(piece) * es;
-      if (direct_base != HADDR_UNDEF && direct_base % DirectFile::kBlock == 0 && piece_bytes % DirectFile::kBlock == 0 &&
+      if (direct_base != HADDR_UNDEF && direct_base % DirectFile::block() == 0 && piece_bytes % DirectFile::block() == 0 &&
           piece_bytes <= DirectFile::kStaging) {
         std::int64_t at = 0;
         for (char* staged; at < n && (staged = direct_->acquire_staging()) != nullptr; at += piece) {

@@ -50,7 +50,13 @@ class WriteBehind {
 
   void submit(DirectFile* file, std::uint64_t offset, char* staged, std::size_t n, std::string what) {
     std::lock_guard<std::mutex> lock(mu_);
-    jobs_.push_back({file, offset, staged, n, std::move(what)});
+    try {
+      jobs_.push_back({file, offset, staged, n, std::move(what)});
+    } catch (...) {
+      free_.push_back(staged);  // reserved by the constructor of free_: cannot throw
+      changed_.notify_all();
+      throw;
+    }
     ++pending_[file];
     changed_.notify_all();
   }
@@ -81,15 +87,23 @@ class WriteBehind {
     std::string what;
   };
 
-  void start() {  // under mu_
+  // Under mu_. Without buffers or the thread (out of memory or threads), acquire() returns nullptr and every
+  // write is buffered.
+  void start() {
     started_ = true;
     for (int i = 0; i < DirectFile::kStagingBuffers; ++i) {
-      char* b = static_cast<char*>(std::aligned_alloc(DirectFile::kBlock, DirectFile::kStaging));
+      char* b = static_cast<char*>(std::aligned_alloc(DirectFile::block(), DirectFile::kStaging));
       if (b == nullptr) break;
       buffers_.push_back(b);
     }
+    try {
+      if (!buffers_.empty()) io_ = std::thread([this] { run(); });
+    } catch (const std::exception&) {
+      for (char* b : buffers_) std::free(b);
+      buffers_.clear();
+    }
     free_ = buffers_;
-    if (!buffers_.empty()) io_ = std::thread([this] { run(); });
+    free_.reserve(buffers_.size());
   }
 
   void run() {
@@ -118,6 +132,11 @@ class WriteBehind {
 };
 
 }  // namespace
+
+std::size_t DirectFile::block() {
+  static const std::size_t b = std::max<std::size_t>(4096, static_cast<std::size_t>(std::max(0L, ::sysconf(_SC_PAGESIZE))));
+  return b;
+}
 
 void set_direct_writes(bool on) { g_direct_writes.store(on); }
 bool direct_writes() { return g_direct_writes.load(); }
@@ -175,7 +194,7 @@ void DirectFile::drain() { WriteBehind::get().drain(this); }
 
 void DirectFile::write_at(std::uint64_t offset, const void* data, std::size_t n, const std::string& what) {
   throw_queued_error();
-  const std::uint64_t first = (offset + kBlock - 1) / kBlock * kBlock, last = (offset + n) / kBlock * kBlock;
+  const std::uint64_t first = (offset + block() - 1) / block() * block(), last = (offset + n) / block() * block();
   if (!direct_ok_.load() || first >= last) return write_buffered(offset, data, n, what);
   const auto* p = static_cast<const char*>(data);
   write_buffered(offset, p, first - offset, what);  // the partial block at the start (may be empty)
@@ -201,9 +220,9 @@ char* DirectFile::acquire_staging() {
 void DirectFile::release_staging(char* staged) { WriteBehind::get().release(staged); }
 
 void DirectFile::write_staged(std::uint64_t offset, char* staged, std::size_t n, const std::string& what) {
-  const std::size_t whole = n / kBlock * kBlock;
+  const std::size_t whole = n / block() * block();
   try {
-    if (offset % kBlock != 0 || n > kStaging) fail("{}: write_staged of {} bytes at {}: not a staged write", path_, n, offset);
+    if (offset % block() != 0 || n > kStaging) fail("{}: write_staged of {} bytes at {}: not a staged write", path_, n, offset);
     write_buffered(offset + whole, staged + whole, n - whole, what);
   } catch (...) {
     WriteBehind::get().release(staged);

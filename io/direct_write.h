@@ -7,7 +7,7 @@
 // the caller's transposes and checksums go on meanwhile, the direct writes run on one I/O thread of the
 // process, from a fixed set of staging buffers (kStagingBuffers x kStaging bytes, the whole process).
 //
-// DirectFile::write_at(offset, data, n) takes any offset, length and buffer: the whole 4096-byte blocks inside
+// DirectFile::write_at(offset, data, n) takes any offset, length and buffer: the whole blocks (block(): 4096 bytes, or the page size) inside
 // [offset, offset + n) are copied into staging buffers (waiting for a free one) and queued for the I/O
 // thread; the partial blocks at either end are written at once through a second, ordinary descriptor of the
 // same file (a block is never written both ways by one call; two calls that share a block write their parts
@@ -32,7 +32,10 @@ bool direct_writes();
 
 class DirectFile {
  public:
-  static constexpr std::size_t kBlock = 4096;          // offset, length and address alignment of O_DIRECT
+  // The offset, length and address alignment of the direct writes: 4096 bytes, or the memory page where it is
+  // larger (64 KiB pages: a buffered write must never share a page with a direct one, or the page cache
+  // could write stale bytes over the direct ones later).
+  static std::size_t block();
   static constexpr std::size_t kStaging = 16u << 20;  // bytes per staging buffer (conversion's piece)
   static constexpr int kStagingBuffers = 3;            // in the whole process: 48 MiB
 
@@ -45,8 +48,8 @@ class DirectFile {
   // the file and `what` on failure (this write's, or an earlier queued one's).
   void write_at(std::uint64_t offset, const void* data, std::size_t n, const std::string& what);
   // The same without the copy into staging: acquire_staging() gives a free staging buffer (kStaging bytes,
-  // kBlock-aligned; waits for one), or nullptr when this file's writes are not direct; the caller fills it
-  // and hands it to write_staged with an offset that is a multiple of kBlock (a partial last block is
+  // block()-aligned; waits for one), or nullptr when this file's writes are not direct; the caller fills it
+  // and hands it to write_staged with an offset that is a multiple of block() (a partial last block is
   // written at once, buffered, the whole blocks queued; the buffer is the writer's again either way).
   char* acquire_staging();
   void write_staged(std::uint64_t offset, char* staged, std::size_t n, const std::string& what);

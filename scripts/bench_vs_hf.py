@@ -34,7 +34,7 @@ and the median over every timed run of every repetition; for generation and RSS 
 
 Usage (the pinned packages: python3 -m venv /tmp/hfvenv && /tmp/hfvenv/bin/pip install -r
 scripts/fixtures/requirements.txt):
-  /tmp/hfvenv/bin/python scripts/bench_vs_hf.py --dgemma build-hfb/app/dgemma [--quick] [--threads 1,2]
+  /tmp/hfvenv/bin/python scripts/bench_vs_hf.py --dgemma build/app/dgemma [--quick] [--threads 1,2]
       [--configs tiny,small] [--reps 3] [--iters 5] [--markdown results.md] [--workdir DIR]
 --quick: 1 repetition, 2 timed runs, 1 canvas of generation with 8 steps: a few minutes on 2 cores.
 """

@@ -39,8 +39,8 @@ bool write_ranges_and_compare(const std::string& path, std::size_t size, std::ui
   for (std::size_t at = 0; at < size;) {
     const std::size_t pick = rng() % 4;
     const std::size_t len = pick == 0   ? 1 + rng() % 100
-                            : pick == 1 ? 1 + rng() % (3 * DirectFile::kBlock)
-                            : pick == 2 ? DirectFile::kBlock * (1 + rng() % 8)
+                            : pick == 1 ? 1 + rng() % (3 * DirectFile::block())
+                            : pick == 2 ? DirectFile::block() * (1 + rng() % 8)
                                         : 1 + rng() % (3 * DirectFile::kStaging);
     ranges.emplace_back(at, std::min(len, size - at));
     at += ranges.back().second;
@@ -81,7 +81,7 @@ TEST_CASE("DirectFile: exact bytes at any offset and length, O_DIRECT on and off
   // Small files: everything inside one or two blocks.
   set_direct_writes(true);
   write_ranges_and_compare(path, 100, 3);
-  write_ranges_and_compare(path, DirectFile::kBlock + 1, 4);
+  write_ranges_and_compare(path, DirectFile::block() + 1, 4);
   set_direct_writes(was);
   fs::remove_all(dir);
 }

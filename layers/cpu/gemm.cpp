@@ -114,7 +114,7 @@ struct PackedMatmul {
   dnnl::memory::desc a, c, b_user, b_packed, scratchpad;
 };
 struct PackCache {
-  std::map<PackKey, std::unique_ptr<PackedMatmul>> prims;
+  std::map<PackKey, std::shared_ptr<PackedMatmul>> prims;  // shared: a running GEMM keeps its own
   std::map<std::pair<PackKey, const float*>, dnnl::memory> packed_b;
 };
 PackCache& pack_cache() {
@@ -131,8 +131,23 @@ dnnl::engine& dnnl_engine() {
 constexpr std::int64_t kInvariantRows = 16;
 
 #if defined(DGEMMA_ONEDNN)
+// One OpenMP thread inside oneDNN while it lives, on the calling thread: the tiles are what runs in parallel.
+// (oneDNN threads with OpenMP and sizes its work for omp_get_max_threads(); its spinning workers and
+// OpenBLAS's took each other's cores, docs/performance.md "GEMM library".)
+struct OneOmpThread {
+  int before = omp_get_max_threads();
+  OneOmpThread() {
+    if (before != 1) omp_set_num_threads(1);
+  }
+  ~OneOmpThread() {
+    if (before != 1) omp_set_num_threads(before);
+  }
+  OneOmpThread(const OneOmpThread&) = delete;
+  OneOmpThread& operator=(const OneOmpThread&) = delete;
+};
+
 // The primitive [kInvariantRows, N, K] for one PackKey, weights in the layout it prefers (format_tag::any).
-std::unique_ptr<PackedMatmul> make_packed_matmul(bool trans_b, std::int64_t n, std::int64_t k, std::int64_t ldb,
+std::shared_ptr<PackedMatmul> make_packed_matmul(bool trans_b, std::int64_t n, std::int64_t k, std::int64_t ldb,
                                                  float alpha, float beta) {
   using dims = dnnl::memory::dims;
   const auto f32 = dnnl::memory::data_type::f32;
@@ -147,7 +162,7 @@ std::unique_ptr<PackedMatmul> make_packed_matmul(bool trans_b, std::int64_t n, s
     ops.append_sum(beta);
     attr.set_post_ops(ops);
   }
-  auto mm = std::make_unique<PackedMatmul>();
+  auto mm = std::make_shared<PackedMatmul>();
   try {
     const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(a_md, b_any, c_md), attr, dnnl_engine());
     mm->use = std::string_view(pd.impl_info_str()).starts_with("brg");
@@ -172,15 +187,18 @@ bool packed_row_tiles(bool trans_b, std::int64_t m, std::int64_t n, std::int64_t
   if (n * k < kMinPackedWeightElements) return false;
   if (!is_constant(b, trans_b ? (n - 1) * ldb + k : (k - 1) * ldb + n)) return false;
   const PackKey key{trans_b, n, k, ldb, alpha, beta};
-  const PackedMatmul* mm = nullptr;
+  std::shared_ptr<const PackedMatmul> mm;
   dnnl::memory packed;
   {
+    // Created for one OpenMP thread: oneDNN fixes a primitive's thread count and work split (the K split
+    // among them) when it creates it, and the tiles below each run it on one thread.
+    const OneOmpThread one_thread;
     std::lock_guard<std::mutex> lock(g_constants_mu);
     PackCache& cache = pack_cache();
-    std::unique_ptr<PackedMatmul>& entry = cache.prims[key];
+    std::shared_ptr<PackedMatmul>& entry = cache.prims[key];
     if (!entry) entry = make_packed_matmul(trans_b, n, k, ldb, alpha, beta);
     if (!entry->use) return false;
-    mm = entry.get();
+    mm = entry;
     auto [it, fresh] = cache.packed_b.try_emplace({key, b});
     if (fresh) {  // first use of this B: reordered once into the primitive's layout
       dnnl::stream stream(dnnl_engine());
@@ -193,13 +211,7 @@ bool packed_row_tiles(bool trans_b, std::int64_t m, std::int64_t n, std::int64_t
   }
   const std::int64_t tiles = (m + kInvariantRows - 1) / kInvariantRows;
   parallel_for("gemm.packed_tiles", tiles, 2 * kInvariantRows * n * k, [&](std::int64_t t) {
-    // One OpenMP thread inside oneDNN: the tiles are what runs in parallel. (oneDNN threads with OpenMP and
-    // sizes its work for omp_get_max_threads(); its spinning workers and OpenBLAS's took each other's cores.)
-    struct OneOmpThread {
-      int before = omp_get_max_threads();
-      OneOmpThread() { if (before != 1) omp_set_num_threads(1); }
-      ~OneOmpThread() { if (before != 1) omp_set_num_threads(before); }
-    } one_thread;
+    const OneOmpThread one_thread;
     thread_local AlignedScratch tile_a, tile_c, scratch;
     thread_local dnnl::stream stream(dnnl_engine());
     float* ta = tile_a.get(kInvariantRows * k);
