@@ -155,14 +155,19 @@ DirectFile::~DirectFile() {
   if (fd_ >= 0) ::close(fd_);
 }
 
-void DirectFile::write_buffered(std::uint64_t offset, const void* data, std::size_t n, const std::string& what) {
+void pwrite_all(int fd, const std::string& path, std::string_view what, std::uint64_t offset, const void* data,
+                std::size_t n) {
   const auto* p = static_cast<const char*>(data);
   while (n > 0) {
-    const ssize_t w = ::pwrite(fd_, p, std::min<std::size_t>(n, std::size_t{1} << 30), static_cast<off_t>(offset));
+    const ssize_t w = ::pwrite(fd, p, std::min<std::size_t>(n, std::size_t{1} << 30), static_cast<off_t>(offset));
     if (w < 0 && errno == EINTR) continue;
-    if (w <= 0) fail("{}: cannot write {}: {}", path_, what, w < 0 ? std::strerror(errno) : "nothing written");
+    if (w <= 0) fail("{}: cannot write {}: {}", path, what, w < 0 ? std::strerror(errno) : "nothing written");
     p += w, offset += static_cast<std::uint64_t>(w), n -= static_cast<std::size_t>(w);
   }
+}
+
+void DirectFile::write_buffered(std::uint64_t offset, const void* data, std::size_t n, const std::string& what) {
+  pwrite_all(fd_, path_, what, offset, data, n);
 }
 
 // On the I/O thread: one staged chunk of whole blocks. Where the file system turns O_DIRECT down (EINVAL) or

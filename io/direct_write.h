@@ -24,11 +24,17 @@
 #include <cstdint>
 #include <mutex>
 #include <string>
+#include <string_view>
 
 namespace dg {
 
 void set_direct_writes(bool on);
 bool direct_writes();
+
+// Every byte of data at `offset` of the open file fd (pwrite, retried after EINTR and short writes);
+// dg::Error "PATH: cannot write WHAT: reason" on failure.
+void pwrite_all(int fd, const std::string& path, std::string_view what, std::uint64_t offset, const void* data,
+                std::size_t n);
 
 class DirectFile {
  public:

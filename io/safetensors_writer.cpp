@@ -232,28 +232,14 @@ const SafetensorsEntry& SafetensorsFilePlan::entry(std::string_view name) const 
   fail("{}: tensor \"{}\" is not one of the tensors planned for this file", path, name);
 }
 
-namespace {
-
-void write_all_at(int fd, const std::string& path, std::string_view what, std::uint64_t at, const void* data,
-                  std::size_t n) {
-  const auto* p = static_cast<const char*>(data);
-  while (n > 0) {
-    const ssize_t w = ::pwrite(fd, p, std::min<std::size_t>(n, std::size_t{1} << 30), static_cast<off_t>(at));
-    if (w < 0 && errno == EINTR) continue;
-    if (w <= 0) fail("{}: cannot write {}: {}", path, what, w < 0 ? std::strerror(errno) : "nothing written");
-    p += w, at += static_cast<std::uint64_t>(w), n -= static_cast<std::size_t>(w);
-  }
-}
-
-}  // namespace
 
 void create_safetensors_file(const SafetensorsFilePlan& plan) {
   const int fd = ::open(plan.path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
   if (fd < 0) fail("cannot create {}: {}", plan.path, std::strerror(errno));
   try {
     const std::uint64_t n = plan.header.size();
-    write_all_at(fd, plan.path, "the header", 0, &n, 8);
-    write_all_at(fd, plan.path, "the header", 8, plan.header.data(), plan.header.size());
+    pwrite_all(fd, plan.path, "the header", 0, &n, 8);
+    pwrite_all(fd, plan.path, "the header", 8, plan.header.data(), plan.header.size());
     if (::ftruncate(fd, static_cast<off_t>(plan.file_size())) != 0)
       fail("{}: cannot size the file to {} bytes: {}", plan.path, plan.file_size(), std::strerror(errno));
   } catch (...) {

@@ -32,7 +32,8 @@ void require_cuda(const char* op, std::initializer_list<const Tensor*> tensors);
 
 // ---- Batch invariance ----------------------------------------------------------------------------
 // On: every GEMM whose rows are independent (A not transposed) runs in fixed row tiles on aligned copies
-// (CPU: 16 rows per OpenBLAS call; CUDA: 64 rows per cuBLASLt call), so a row's result does not depend on
+// (CPU: 16 rows per OpenBLAS call, or per oneDNN matmul on a constant weight packed once,
+// layers/gemm_weights.h; CUDA: 64 rows per cuBLASLt call), so a row's result does not depend on
 // how many rows share the call or where: a request's generation does not depend on its batch mates or the
 // rank count.
 // (The attention forward also aligns its query tiles to each row's first valid token.) Generation
@@ -51,7 +52,7 @@ int cpu_threads();
 //   A: [M, K] ([K, M] if trans_a), or batched [batch, ...]
 //   B: [K, N] ([N, K] if trans_b), or batched [batch, ...]; a 2-D B is shared by every batch
 //   C: [M, N] or [batch, M, N]; must be allocated; with beta = 0 its contents are ignored (NaN-safe)
-// CPU: f32 only (OpenBLAS sgemm). CUDA: A, B both bf16 or both f32; C bf16 or f32; fp32 accumulation.
+// CPU: f32 only (OpenBLAS sgemm; batch-invariant tiles on constant weights: oneDNN). CUDA: A, B both bf16 or both f32; C bf16 or f32; fp32 accumulation.
 struct GemmOpts {
   bool trans_a = false;
   bool trans_b = false;
