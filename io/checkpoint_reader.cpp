@@ -1,10 +1,16 @@
 // CheckpointReader: opens and validates a checkpoint's manifest, then reads any slice of any tensor by
 // intersecting it with the saved shards and reading only the overlapping hyperslabs (io/checkpoint.h).
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <optional>
 #include <set>
 #include <sstream>
 
@@ -42,6 +48,58 @@ void copy_box(const char* src, const Shape& src_dims, std::int64_t src_first, ch
 }
 
 
+// The file offset of a dataset whose bytes lie in its file exactly as in memory (contiguous, allocated,
+// unfiltered, not external, stored in the memory type `type`); HADDR_UNDEF otherwise.
+haddr_t raw_offset(hid_t ds, hid_t type) {
+  H5Id dcpl(H5Dget_create_plist(ds), H5Pclose);
+  if (!dcpl.valid() || H5Pget_layout(dcpl.get()) != H5D_CONTIGUOUS || H5Pget_nfilters(dcpl.get()) != 0 ||
+      H5Pget_external_count(dcpl.get()) != 0)
+    return HADDR_UNDEF;
+  H5Id ftype(H5Dget_type(ds), H5Tclose);
+  if (!ftype.valid() || H5Tequal(ftype.get(), type) <= 0) return HADDR_UNDEF;
+  return H5Dget_offset(ds);
+}
+
+// Read-only mappings of one file's byte ranges: a piece of a contiguous dataset read without copying it out
+// of the page cache. map() gives nullptr when the range is not inside the file (a damaged file: H5Dread then
+// reports it), so that no access can fault.
+class RangeMapper {
+ public:
+  explicit RangeMapper(const std::string& path) : fd_(::open(path.c_str(), O_RDONLY | O_CLOEXEC)) {
+    struct stat st {};
+    if (fd_ >= 0 && ::fstat(fd_, &st) == 0) size_ = static_cast<std::uint64_t>(st.st_size);
+  }
+  ~RangeMapper() {
+    unmap();
+    if (fd_ >= 0) ::close(fd_);
+  }
+  RangeMapper(const RangeMapper&) = delete;
+  RangeMapper& operator=(const RangeMapper&) = delete;
+
+  // The bytes [offset, offset + n) of the file, valid until the next map() (the previous range is unmapped).
+  const char* map(std::uint64_t offset, std::size_t n) {
+    unmap();
+    if (fd_ < 0 || n == 0 || offset > size_ || n > size_ - offset) return nullptr;
+    static const std::uint64_t page = static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE));
+    const std::uint64_t base = offset / page * page;
+    len_ = n + static_cast<std::size_t>(offset - base);
+    void* m = ::mmap(nullptr, len_, PROT_READ, MAP_SHARED | MAP_POPULATE, fd_, static_cast<off_t>(base));
+    if (m == MAP_FAILED) return nullptr;
+    map_ = m;
+    return static_cast<const char*>(m) + (offset - base);
+  }
+
+ private:
+  void unmap() {
+    if (map_ != nullptr) ::munmap(map_, len_);
+    map_ = nullptr;
+  }
+  int fd_ = -1;
+  std::uint64_t size_ = 0;
+  void* map_ = nullptr;
+  std::size_t len_ = 0;
+};
+
 }  // namespace
 
 struct CheckpointReader::Impl {
@@ -74,7 +132,11 @@ struct CheckpointReader::Impl {
     const Shape dims = s.slice.local_shape();
     const std::int64_t n = s.slice.numel();
     const std::int64_t piece = std::max<std::int64_t>(1, (std::int64_t{16} << 20) / static_cast<std::int64_t>(esize));
-    std::vector<char> buf(static_cast<std::size_t>(std::min(n, piece)) * esize);
+    std::vector<char> buf;  // for H5Dread, sized on first use (mapped pieces need none)
+    auto buffer = [&] {
+      if (buf.empty()) buf.resize(std::max<std::size_t>(esize, static_cast<std::size_t>(std::min(n, piece)) * esize));
+      return buf.data();
+    };
     auto check = [&](herr_t rc) {
       if (rc < 0)
         fail_config("checkpoint file {}: cannot read dataset {} of tensor '{}' ({})", path_of(s.file), s.dataset, t.key,
@@ -82,17 +144,30 @@ struct CheckpointReader::Impl {
     };
     Xxh64 hash;
     if (dims.empty()) {  // a scalar dataset: its one element
-      check(H5Dread(ds, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf.data()));
+      check(H5Dread(ds, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, buffer()));
       hash.update(buf.data(), esize);
       if (visit) visit(s, 0, buf.data(), 1);
     } else {
+      // A contiguous dataset in the memory type is read through mappings of its bytes, a piece at a time (no
+      // copy out of the page cache); anything else, or a range outside the file, through H5Dread.
+      const haddr_t raw = raw_offset(ds, type);
+      std::optional<RangeMapper> mapper;
+      if (raw != HADDR_UNDEF) mapper.emplace(path_of(s.file));
       for (std::int64_t at = 0; at < n; at += piece) {
         const std::int64_t len = std::min(piece, n - at);
+        const char* mapped =
+            mapper ? mapper->map(raw + static_cast<std::uint64_t>(at) * esize, static_cast<std::size_t>(len) * esize)
+                   : nullptr;
+        if (mapped != nullptr) {
+          hash.update(mapped, static_cast<std::size_t>(len) * esize);
+          if (visit) visit(s, at, mapped, len);
+          continue;
+        }
         std::int64_t filled = 0;
         for (const Box& b : ckpt::flat_to_boxes(at, at + len, dims)) {
           H5Id file = ckpt::hyperslab_space(dims, b.offset, b.count);
           H5Id mem = ckpt::hyperslab_space({b.numel()}, {0}, {b.numel()});
-          char* dst = buf.data() + static_cast<std::size_t>(filled) * esize;
+          char* dst = buffer() + static_cast<std::size_t>(filled) * esize;
           check(H5Dread(ds, type, mem.get(), file.get(), H5P_DEFAULT, dst));
           filled += b.numel();
         }
