@@ -63,7 +63,6 @@ class DirectFile {
   // Waits for this file's queued writes, throws the first error of any, fsyncs.
   void sync();
   bool direct() const { return direct_ok_.load(); }  // false: every write is buffered
-  const std::string& path() const { return path_; }
 
   // For the I/O thread (direct_write.cpp): runs one queued write.
   void run_queued(std::uint64_t offset, const char* staged, std::size_t n, const std::string& what);

@@ -130,6 +130,19 @@ dnnl::engine& dnnl_engine() {
 // Row tiles of the batch-invariant form (sgemm_row_tiles).
 constexpr std::int64_t kInvariantRows = 16;
 
+// Tile [r0, r0 + rows) of A (and of C when beta != 0) into the tile scratch ta [16, k] / tc [16, n], and the
+// tile's C back: the same copies for the OpenBLAS and the packed path.
+void load_tile(const float* a, std::int64_t lda, const float* c, std::int64_t ldc, float beta, std::int64_t r0,
+               std::int64_t rows, std::int64_t k, std::int64_t n, float* ta, float* tc) {
+  for (std::int64_t i = 0; i < rows; ++i) {
+    std::copy_n(a + (r0 + i) * lda, k, ta + i * k);
+    if (beta != 0.0f) std::copy_n(c + (r0 + i) * ldc, n, tc + i * n);
+  }
+}
+void store_tile(const float* tc, std::int64_t r0, std::int64_t rows, std::int64_t n, float* c, std::int64_t ldc) {
+  for (std::int64_t i = 0; i < rows; ++i) std::copy_n(tc + i * n, n, c + (r0 + i) * ldc);
+}
+
 #if defined(DGEMMA_ONEDNN)
 // One OpenMP thread inside oneDNN while it lives, on the calling thread: the tiles are what runs in parallel.
 // (oneDNN threads with OpenMP and sizes its work for omp_get_max_threads(); its spinning workers and
@@ -218,16 +231,13 @@ bool packed_row_tiles(bool trans_b, std::int64_t m, std::int64_t n, std::int64_t
     float* tc = tile_c.get(kInvariantRows * n);
     float* sp = scratch.get(static_cast<std::int64_t>(mm->scratchpad.get_size() / sizeof(float)) + 1);
     const std::int64_t r0 = t * kInvariantRows, rows = std::min(kInvariantRows, m - r0);
-    for (std::int64_t i = 0; i < rows; ++i) {
-      std::copy_n(a + (r0 + i) * lda, k, ta + i * k);
-      if (beta != 0.0f) std::copy_n(c + (r0 + i) * ldc, n, tc + i * n);
-    }
+    load_tile(a, lda, c, ldc, beta, r0, rows, k, n, ta, tc);
     const dnnl::memory am(mm->a, dnnl_engine(), ta), cm(mm->c, dnnl_engine(), tc),
         spm(mm->scratchpad, dnnl_engine(), sp);
     mm->prim.execute(stream, {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, packed}, {DNNL_ARG_DST, cm},
                               {DNNL_ARG_SCRATCHPAD, spm}});
     stream.wait();
-    for (std::int64_t i = 0; i < rows; ++i) std::copy_n(tc + i * n, n, c + (r0 + i) * ldc);
+    store_tile(tc, r0, rows, n, c, ldc);
   });
   return true;
 }
@@ -251,12 +261,9 @@ void sgemm_row_tiles(bool trans_b, std::int64_t m, std::int64_t n, std::int64_t 
   float* tc = tile_c.get(kInvariantRows * n);
   for (std::int64_t r0 = 0; r0 < m; r0 += kInvariantRows) {
     const std::int64_t rows = std::min(kInvariantRows, m - r0);
-    for (std::int64_t i = 0; i < rows; ++i) {
-      std::copy_n(a + (r0 + i) * lda, k, ta + i * k);
-      if (beta != 0.0f) std::copy_n(c + (r0 + i) * ldc, n, tc + i * n);
-    }
+    load_tile(a, lda, c, ldc, beta, r0, rows, k, n, ta, tc);
     blas(false, trans_b, kInvariantRows, n, k, alpha, ta, k, b, ldb, beta, tc, n);
-    for (std::int64_t i = 0; i < rows; ++i) std::copy_n(tc + i * n, n, c + (r0 + i) * ldc);
+    store_tile(tc, r0, rows, n, c, ldc);
   }
 }
 

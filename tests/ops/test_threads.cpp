@@ -12,7 +12,6 @@
 #include <cmath>
 #include <cstring>
 #include <functional>
-#include <random>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -22,9 +21,11 @@
 #include "layers/generation.h"
 #include "layers/ops.h"
 #include "layers/train.h"
+#include "tests/op_test_util.h"
 #include "tests/sft_test_batch.h"
 
 using namespace dg;
+using dg::test::random_tensor;
 
 namespace {
 
@@ -62,14 +63,6 @@ void same_at_every_thread_count(F&& f, std::int64_t min_work) {
       CHECK(results[i][j].second == results[0][j].second);
     }
   }
-}
-
-Tensor random_tensor(Shape s, std::uint32_t seed, float scale = 1.0f) {
-  Tensor t = Tensor::empty(std::move(s), DType::F32);
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> nd(0.0f, scale);
-  for (std::int64_t i = 0; i < t.numel(); ++i) t.data<float>()[i] = nd(rng);
-  return t;
 }
 
 const HfModel& tiny6() {
